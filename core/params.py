@@ -1,0 +1,122 @@
+"""Every parameter of a style job, validated once; defaults are the seed's numbers (spec/algorithm.md)."""
+
+from __future__ import annotations
+
+import math
+from typing import Annotated, Literal
+
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, model_validator
+
+from core.layers import SELECTABLE_LAYERS
+
+MAX_ITERATIONS = 20_000
+MIN_SIDE = 16  # conv5_1 sits behind four 2x2 poolings: 16 px leaves it one position
+MAX_SIDE = 4096
+
+
+def _check_layer(name: str) -> str:
+    if name not in SELECTABLE_LAYERS:
+        raise ValueError(
+            f"unknown VGG-19 layer {name!r}; use convN_M or reluN_M, e.g. conv4_2 "
+            f"(one of {', '.join(SELECTABLE_LAYERS)})"
+        )
+    return name
+
+
+def _check_finite(value: float) -> float:
+    if not math.isfinite(value):
+        raise ValueError("must be a finite number")
+    return value
+
+
+LayerName = Annotated[str, AfterValidator(_check_layer)]
+Weight = Annotated[float, Field(ge=0.0), AfterValidator(_check_finite)]
+Side = Annotated[int, Field(ge=MIN_SIDE, le=MAX_SIDE)]
+
+InitKind = Literal["blend", "content", "style", "noise"]
+PoolingKind = Literal["avg", "max"]
+
+
+class StyleParams(BaseModel):
+    """Hyperparameters of one optimisation. Unknown names are errors, not silently ignored."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    iterations: int = Field(2500, ge=1, le=MAX_ITERATIONS, description="optimiser steps")
+    height: Side = Field(384, description="working height of the optimisation, pixels")
+    width: Side = Field(512, description="working width of the optimisation, pixels")
+    keep_aspect: bool = Field(
+        False, description="fit the content's aspect ratio inside height x width instead of stretching"
+    )
+    content_weight: Weight = Field(1.0, description="alpha, weight of the content loss")
+    style_weight: Weight = Field(1000.0, description="beta, weight of the style loss")
+    learning_rate: float = Field(2.0, gt=0.0, le=1000.0, description="Adam step, in pixel units (0..255 space)")
+    content_layers: list[LayerName] = Field(
+        default_factory=lambda: ["conv4_2"], max_length=16, description="VGG-19 layers for the content loss"
+    )
+    content_layer_weights: list[Weight] = Field(
+        default_factory=lambda: [1.0], max_length=16, description="one weight per content layer"
+    )
+    style_layers: list[LayerName] = Field(
+        default_factory=lambda: ["conv1_1", "conv2_1", "conv3_1", "conv4_1", "conv5_1"],
+        max_length=16,
+        description="VGG-19 layers for the style loss",
+    )
+    style_layer_weights: list[Weight] = Field(
+        default_factory=lambda: [0.5, 1.0, 1.5, 3.0, 4.0], max_length=16, description="one weight per style layer"
+    )
+    init: InitKind = Field(
+        "blend", description='initial image: "blend" (noise_ratio * noise + rest content), "content", "style", "noise"'
+    )
+    noise_ratio: float = Field(0.7, ge=0.0, le=1.0, description='share of noise for init "blend"')
+    pooling: PoolingKind = Field("avg", description='"avg" (the seed) or "max" (plain VGG)')
+    tv_weight: Weight = Field(0.0, description="total-variation smoothing weight")
+    style_blend_weights: list[Weight] | None = Field(
+        None, max_length=16, description="one weight per style image; null mixes them equally"
+    )
+    style_scale: float = Field(1.0, ge=0.05, le=4.0, description="style image size relative to the working size")
+    preserve_colors: bool = Field(False, description="keep the content's colours, transfer only luminance")
+    seed: int | None = Field(
+        None, ge=0, le=2**63 - 1, description="random seed; the same seed on the same device gives the same image"
+    )
+    snapshot_every: int = Field(
+        50, ge=1, le=MAX_ITERATIONS, description="snapshot period in iterations (plus iteration 1)"
+    )
+
+    @model_validator(mode="after")
+    def _check_lists(self) -> StyleParams:
+        if len(self.content_layers) != len(self.content_layer_weights):
+            raise ValueError(
+                f"content_layer_weights has {len(self.content_layer_weights)} values "
+                f"for {len(self.content_layers)} content_layers"
+            )
+        if len(self.style_layers) != len(self.style_layer_weights):
+            raise ValueError(
+                f"style_layer_weights has {len(self.style_layer_weights)} values "
+                f"for {len(self.style_layers)} style_layers"
+            )
+        if not self.content_layers and not self.style_layers:
+            raise ValueError("name at least one content or style layer")
+        if self.style_blend_weights is not None and not any(w > 0 for w in self.style_blend_weights):
+            raise ValueError("style_blend_weights must contain at least one positive weight")
+        return self
+
+    def blend_weights(self, style_count: int) -> list[float]:
+        """The style mixing weights for `style_count` images, normalised to sum to 1."""
+        if style_count < 1:
+            raise ValueError("at least one style image is needed")
+        weights = self.style_blend_weights
+        if weights is None:
+            weights = [1.0] * style_count
+        elif len(weights) != style_count:
+            raise ValueError(f"style_blend_weights has {len(weights)} values for {style_count} style images")
+        total = sum(weights)
+        return [w / total for w in weights]
+
+    def snapshot_iterations(self) -> list[int]:
+        """Iteration 1 and every multiple of snapshot_every up to iterations (spec/api.md)."""
+        marks = {1, *range(self.snapshot_every, self.iterations + 1, self.snapshot_every)}
+        return sorted(marks)
+
+    def is_snapshot(self, iteration: int) -> bool:
+        return iteration == 1 or iteration % self.snapshot_every == 0

@@ -1,0 +1,208 @@
+"""The optimisation loop of Gatys et al. as the seed runs it: Adam on the pixels of one image."""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+
+import torch
+from PIL import Image
+
+from core.device import resolve_device
+from core.images import (
+    Size,
+    from_seed_space,
+    image_size,
+    style_size,
+    to_rgb,
+    to_seed_space,
+    transfer_luminance,
+    working_size,
+)
+from core.objective import LOSS_TERMS, StyleObjective
+from core.params import StyleParams
+from core.vgg import vgg_extractor
+from core.weights import WeightsSource
+
+log = logging.getLogger(__name__)
+
+# MATLAB adamupdate's defaults, which the seed uses.
+ADAM_BETAS = (0.9, 0.999)
+ADAM_EPS = 1e-8
+NOISE_RANGE = 20  # uniform integers in [-20, 20]
+
+
+@dataclass(frozen=True)
+class Losses:
+    """Loss terms of one iteration: content and style before alpha and beta, total after."""
+
+    total: float
+    content: float
+    style: float
+    tv: float
+
+    @classmethod
+    def from_tensor(cls, values: torch.Tensor) -> Losses:
+        return cls(**dict(zip(LOSS_TERMS, values.tolist(), strict=True)))
+
+
+@dataclass(frozen=True)
+class Progress:
+    """What a caller learns at a report: counts, losses, speed, and the image on request."""
+
+    iteration: int
+    total: int
+    losses: Losses
+    elapsed: float
+    iterations_per_second: float
+    is_snapshot: bool
+    _render: Callable[[], Image.Image] = field(repr=False, compare=False)
+
+    def image(self) -> Image.Image:
+        """The image whose losses these are, at the content's original size (made on demand)."""
+        return self._render()
+
+    @property
+    def eta_seconds(self) -> float | None:
+        if self.iterations_per_second <= 0:
+            return None
+        return (self.total - self.iteration) / self.iterations_per_second
+
+
+@dataclass(frozen=True)
+class StyleResult:
+    image: Image.Image
+    losses: Losses | None  # of the returned image; None when stopped before iteration 1
+    best_iteration: int  # 0: the initial image
+    iterations_run: int
+    stopped: bool
+    seed: int
+    weights: str  # "imagenet", "random" or the weights file: every output says what made it
+    device: str
+    working_size: Size
+    elapsed: float
+
+
+ProgressCallback = Callable[[Progress], None]
+StopCheck = Callable[[], bool]
+
+
+def stylize(
+    content: Image.Image,
+    styles: Sequence[Image.Image],
+    params: StyleParams | None = None,
+    *,
+    device: str | torch.device | None = None,
+    weights: WeightsSource | None = None,
+    on_progress: ProgressCallback | None = None,
+    should_stop: StopCheck | None = None,
+    report_every: int | None = None,
+) -> StyleResult:
+    """Optimise an image with `content`'s content and `styles`' style.
+
+    `on_progress` is called at iteration 1 and every `params.snapshot_every` iterations (and,
+    with `report_every`, that often too, `is_snapshot` telling which); `should_stop` is asked
+    before every iteration and ends the run cleanly with the best image so far.
+    """
+    params = params or StyleParams()
+    if not styles:
+        raise ValueError("at least one style image is needed")
+    blend = params.blend_weights(len(styles))
+    run_device = resolve_device(device)
+    source = weights or WeightsSource.from_env()
+    seed = params.seed if params.seed is not None else int.from_bytes(os.urandom(8), "big") >> 1
+
+    content = to_rgb(content)
+    styles = [to_rgb(s) for s in styles]
+    original = image_size(content)
+    size = working_size(original, params)
+    content_x = to_seed_space(content, size).to(run_device)
+    style_xs = [to_seed_space(s, style_size(image_size(s), size, params)).to(run_device) for s in styles]
+
+    extractor = vgg_extractor(
+        [*params.content_layers, *params.style_layers], pooling=params.pooling, source=source, device=run_device
+    )
+    objective = StyleObjective(extractor, params, content_x, style_xs, blend)
+    x = initial_image(params, content_x, style_xs[0], seed).to(run_device).requires_grad_(True)
+    optimizer = torch.optim.Adam([x], lr=params.learning_rate, betas=ADAM_BETAS, eps=ADAM_EPS)
+
+    def render(pixels: torch.Tensor) -> Image.Image:
+        image = from_seed_space(pixels, original)
+        return transfer_luminance(image, content) if params.preserve_colors else image
+
+    # The best image is tracked on the device, so the loop never waits for the GPU to learn
+    # whether a loss fell; only reports read numbers back.
+    best_x = x.detach().clone()
+    best_losses = torch.full((len(LOSS_TERMS),), math.inf, device=run_device)
+    best_iteration = torch.zeros((), dtype=torch.long, device=run_device)
+
+    start = last_time = time.perf_counter()
+    last_iteration = 0
+    iterations_run = 0
+    stopped = False
+    for iteration in range(1, params.iterations + 1):
+        if should_stop is not None and should_stop():
+            stopped = True
+            break
+        optimizer.zero_grad(set_to_none=True)
+        losses = objective(x)
+        losses[0].backward()
+        with torch.no_grad():
+            # The image whose loss was measured, before the step (not the seed's quirk of
+            # storing the image after the update).
+            better = losses[0] < best_losses[0]
+            best_losses = torch.where(better, losses.detach(), best_losses)
+            best_x = torch.where(better, x.detach(), best_x)
+            best_iteration = torch.where(better, iteration, best_iteration)
+        iterations_run = iteration
+        snapshot = params.is_snapshot(iteration)
+        if on_progress is not None and (snapshot or (report_every and iteration % report_every == 0)):
+            now = time.perf_counter()
+            rate = (iteration - last_iteration) / max(now - last_time, 1e-9)
+            last_time, last_iteration = now, iteration
+            frozen = x.detach().clone()
+            on_progress(
+                Progress(
+                    iteration=iteration,
+                    total=params.iterations,
+                    losses=Losses.from_tensor(losses.detach()),
+                    elapsed=now - start,
+                    iterations_per_second=rate,
+                    is_snapshot=snapshot,
+                    _render=lambda pixels=frozen: render(pixels),
+                )
+            )
+        optimizer.step()
+
+    ran = iterations_run > 0
+    return StyleResult(
+        image=render(best_x),
+        losses=Losses.from_tensor(best_losses) if ran else None,
+        best_iteration=int(best_iteration.item()),
+        iterations_run=iterations_run,
+        stopped=stopped,
+        seed=seed,
+        weights=source.label,
+        device=str(run_device),
+        working_size=size,
+        elapsed=time.perf_counter() - start,
+    )
+
+
+def initial_image(params: StyleParams, content: torch.Tensor, style: torch.Tensor, seed: int) -> torch.Tensor:
+    """The starting image in seed space; noise is drawn on the CPU so a seed means one image."""
+    generator = torch.Generator().manual_seed(seed)
+    shape = tuple(content.shape)
+    noise = torch.randint(-NOISE_RANGE, NOISE_RANGE + 1, shape, generator=generator).float()
+    if params.init == "content":
+        return content.detach().clone()
+    if params.init == "style":
+        # The first style image at the working size.
+        return torch.nn.functional.interpolate(style.detach(), size=shape[2:], mode="bicubic", align_corners=False)
+    if params.init == "noise":
+        return noise.to(content.device)
+    return params.noise_ratio * noise.to(content.device) + (1.0 - params.noise_ratio) * content.detach()
