@@ -1,0 +1,201 @@
+"""Time one style iteration two ways in one run: the seed's plain loop and core's engine.
+
+    python bench/speed.py --device cpu --height 128 --width 128 --iterations 20
+
+The reference is written out here as the seed runs it: two forward passes an iteration (one to
+the content layer, one to the deepest style layer), fp32, explicit input normalisation, and the
+best image chosen on the host after every iteration. The engine is `core.stylize` with the same
+parameters. Both use the same random weights (pretrained ones are not needed for timing), and
+both final images are scored with one fp32 objective, so the engine's picture is checked too.
+Prints a table, then one JSON line with reference_ms, engine_ms and speedup.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from PIL import Image
+from torch import nn
+
+from core import StyleParams, stylize
+from core.device import resolve_device
+from core.images import from_seed_space, image_size, to_seed_space
+from core.layers import CONV_CHANNELS, CONV_INDICES, LAYER_INDEX
+from core.losses import content_loss, gram, style_loss
+from core.stylize import initial_image
+from core.vgg import build_features, seed_to_torchvision
+from core.weights import WeightsSource, random_state_dict
+
+SAMPLES = Path(__file__).resolve().parent.parent / "examples" / "images"
+
+
+@dataclass
+class Timing:
+    name: str
+    ms_per_iteration: float
+    peak_mib: float
+    final_loss: float
+
+
+def conv_gflop(height: int, width: int, deepest: str = "conv5_1") -> float:
+    """Forward plus input-gradient FLOPs of the convolutions up to `deepest` (weights are frozen,
+    so the backward pass computes no weight gradients)."""
+    flop = 0.0
+    in_channels = 3
+    for index, out_channels in zip(CONV_INDICES, CONV_CHANNELS, strict=False):
+        if index > LAYER_INDEX[deepest]:
+            break
+        pools = sum(1 for i in (4, 9, 18, 27) if i < index)
+        positions = (height >> pools) * (width >> pools)
+        flop += 2 * 9 * in_channels * out_channels * positions
+        in_channels = out_channels
+    return 2 * flop / 1e9
+
+
+class SeedObjective:
+    """The seed's loss, computed its way: a content pass and a style pass, fp32."""
+
+    def __init__(self, params: StyleParams, content: torch.Tensor, style: torch.Tensor, device: torch.device) -> None:
+        state = random_state_dict()
+        self.content_net = build_features(state, depth=LAYER_INDEX[params.content_layers[-1]] + 1).to(device)
+        self.style_net = build_features(state, depth=LAYER_INDEX[params.style_layers[-1]] + 1).to(device)
+        self.params = params
+        with torch.no_grad():
+            self.content_targets = self.taps(self.content_net, content, params.content_layers)
+            self.style_targets = [gram(f) for f in self.taps(self.style_net, style, params.style_layers)]
+
+    @staticmethod
+    def taps(net: nn.Sequential, x: torch.Tensor, names: list[str]) -> list[torch.Tensor]:
+        wanted = {LAYER_INDEX[n]: n for n in names}
+        found = {}
+        h = seed_to_torchvision(x)
+        for index, module in enumerate(net):
+            h = module(h)
+            if index in wanted:
+                found[wanted[index]] = h
+        return [found[n] for n in names]
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        p = self.params
+        content = x.new_zeros(())
+        features = self.taps(self.content_net, x, p.content_layers)  # pass 1
+        for w, f, t in zip(p.content_layer_weights, features, self.content_targets, strict=True):
+            content = content + w * content_loss(f, t)
+        style = x.new_zeros(())
+        features = self.taps(self.style_net, x, p.style_layers)  # pass 2
+        for w, f, t in zip(p.style_layer_weights, features, self.style_targets, strict=True):
+            style = style + w * style_loss(f, t)
+        return p.content_weight * content + p.style_weight * style
+
+
+def run_reference(objective: SeedObjective, x0: torch.Tensor, params: StyleParams) -> tuple[torch.Tensor, float]:
+    x = x0.clone().requires_grad_(True)
+    optimizer = torch.optim.Adam([x], lr=params.learning_rate, betas=(0.9, 0.999), eps=1e-8)
+    best_loss, best = math.inf, x.detach().clone()
+    start = None
+    for iteration in range(1, params.iterations + 1):
+        if iteration == 2:  # the first iteration pays for allocation and kernel choice
+            synchronize(x.device)
+            start = time.perf_counter()
+        optimizer.zero_grad()
+        loss = objective(x)
+        loss.backward()
+        if loss.item() < best_loss:  # the seed decides on the host, every iteration
+            best_loss, best = loss.item(), x.detach().clone()
+        optimizer.step()
+    synchronize(x.device)
+    assert start is not None
+    return best, (time.perf_counter() - start) / (params.iterations - 1)
+
+
+def synchronize(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def peak_mib(device: torch.device) -> float:
+    return torch.cuda.max_memory_allocated(device) / 2**20 if device.type == "cuda" else float("nan")
+
+
+def reset_peak(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
+        torch.cuda.reset_peak_memory_stats(device)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--device", default=None)
+    parser.add_argument("--height", type=int, default=384)
+    parser.add_argument("--width", type=int, default=512)
+    parser.add_argument("--iterations", type=int, default=20)
+    args = parser.parse_args()
+    device = resolve_device(args.device)
+    params = StyleParams(iterations=args.iterations, height=args.height, width=args.width, seed=0, snapshot_every=50)
+    size = (params.height, params.width)
+    with Image.open(SAMPLES / "coffee.png") as c, Image.open(SAMPLES / "starry_night.jpg") as s:
+        content_img, style_img = c.convert("RGB"), s.convert("RGB")
+    content = to_seed_space(content_img, size).to(device)
+    style = to_seed_space(style_img, size).to(device)
+    reference = SeedObjective(params, content, style, device)
+    x0 = initial_image(params, content, style, params.seed or 0).to(device)
+
+    reset_peak(device)
+    best_ref, ref_s = run_reference(reference, x0, params)
+
+    # Both results are scored as delivered: 8-bit, at the content's size, brought back to the working size.
+    def score(image: Image.Image) -> float:
+        with torch.no_grad():
+            return reference(to_seed_space(image, size).to(device)).item()
+
+    original = image_size(content_img)
+    rows = [Timing("seed: two passes, fp32", ref_s * 1e3, peak_mib(device), score(from_seed_space(best_ref, original)))]
+
+    reset_peak(device)
+    stamps: list[float] = []
+
+    def clock(progress: object) -> None:
+        synchronize(device)
+        stamps.append(time.perf_counter())
+
+    result = stylize(
+        content_img, [style_img], params, device=device, weights=WeightsSource("random"), on_progress=clock,
+        report_every=params.iterations - 1,
+    )  # fmt: skip
+    synchronize(device)
+    engine_s = (time.perf_counter() - stamps[0]) / (params.iterations - 1)
+    rows.append(Timing("engine: core.stylize", engine_s * 1e3, peak_mib(device), score(result.image)))
+
+    gflop = conv_gflop(*size)
+    name = torch.cuda.get_device_name(device) if device.type == "cuda" else f"cpu ({torch.get_num_threads()} threads)"
+    print(f"{name}, torch {torch.__version__}, {size[0]}x{size[1]}, {params.iterations} iterations")
+    print(f"{'way':28} {'ms/iter':>9} {'TFLOP/s':>8} {'peak MiB':>9} {'final loss':>12} {'speedup':>8}")
+    for row in rows:
+        print(
+            f"{row.name:28} {row.ms_per_iteration:9.2f} {gflop / row.ms_per_iteration:8.3f} {row.peak_mib:9.0f} "
+            f"{row.final_loss:12.5g} {rows[0].ms_per_iteration / row.ms_per_iteration:7.2f}x"
+        )
+    loss_gap = abs(rows[1].final_loss - rows[0].final_loss) / rows[0].final_loss
+    print(f"engine's final loss differs from the reference's by {100 * loss_gap:.2f}% (8-bit images, fp32 scoring)")
+    print(
+        json.dumps(
+            {
+                "device": name,
+                "size": list(size),
+                "reference_ms": round(rows[0].ms_per_iteration, 3),
+                "engine_ms": round(rows[1].ms_per_iteration, 3),
+                "speedup": round(rows[0].ms_per_iteration / rows[1].ms_per_iteration, 3),
+                "loss_gap": round(loss_gap, 5),
+            }
+        )
+    )
+
+
+if __name__ == "__main__":
+    main()
