@@ -4,7 +4,7 @@
 
 The reference is written out here as the seed runs it: two forward passes an iteration (one to
 the content layer, one to the deepest style layer), fp32, explicit input normalisation, and the
-best image chosen on the host after every iteration. The engine is `core.stylize` with the same
+best image chosen on the host after every iteration. The engine is `core.transfer` with the same
 parameters. Both use the same random weights (pretrained ones are not needed for timing), and
 both final images are scored with one fp32 objective, so the engine's picture is checked too.
 Prints a table, then one JSON line with reference_ms, engine_ms and speedup.
@@ -28,7 +28,7 @@ from core.device import resolve_device
 from core.images import from_seed_space, image_size, to_seed_space
 from core.layers import CONV_CHANNELS, CONV_INDICES, LAYER_INDEX
 from core.losses import content_loss, gram, style_loss
-from core.stylize import initial_image
+from core.transfer import initial_image
 from core.vgg import build_features, seed_to_torchvision
 from core.weights import WeightsSource, random_state_dict
 
@@ -170,7 +170,7 @@ def main() -> None:
     )  # fmt: skip
     synchronize(device)
     engine_s = (time.perf_counter() - stamps[0]) / (params.iterations - 1)
-    rows.append(Timing("engine: core.stylize", engine_s * 1e3, peak_mib(device), score(result.image)))
+    rows.append(Timing("engine: core.transfer", engine_s * 1e3, peak_mib(device), score(result.image)))
 
     gflop = conv_gflop(*size)
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else f"cpu ({torch.get_num_threads()} threads)"

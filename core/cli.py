@@ -18,7 +18,7 @@ from core.images import open_image
 from core.output import save_image
 from core.params import StyleParams
 from core.progress_bar import ProgressBar
-from core.stylize import Progress, stylize
+from core.transfer import Progress, stylize
 from core.weights import ENV_VAR, WeightsSource
 
 log = logging.getLogger("nst")

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import TextIO
 
-from core.stylize import Progress
+from core.transfer import Progress
 
 WIDTH = 24
 

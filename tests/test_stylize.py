@@ -9,7 +9,7 @@ import pytest
 from PIL import Image
 
 from core import Progress, StyleParams, stylize
-from core.stylize import initial_image
+from core.transfer import initial_image
 from core.weights import WeightsSource
 
 SMALL = {"height": 32, "width": 32}
