@@ -3,29 +3,28 @@
 from __future__ import annotations
 
 import argparse
+import importlib
 import logging
 import sys
 import types
 import typing
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, TextIO
+from typing import TYPE_CHECKING, Any, TextIO
 
 from pydantic import ValidationError
 
-from core.errors import StyleError
-from core.images import open_image
-from core.output import save_image
+from core.errors import CommandError, StyleError
 from core.params import StyleParams
-from core.progress_bar import ProgressBar
-from core.transfer import Progress, stylize
-from core.weights import ENV_VAR, WeightsSource
+
+if TYPE_CHECKING:
+    from core.transfer import Progress
+
+# Subcommands of the service, present when its extras are installed. The modules import their
+# heavy dependencies (torch, Celery, uvicorn) only when their command runs.
+SERVICE_COMMANDS = ("worker.commands", "api.commands")
 
 log = logging.getLogger("nst")
-
-
-class CommandError(Exception):
-    """A problem the user can fix, reported as one line."""
 
 
 def _option_for(name: str, annotation: Any) -> dict[str, Any]:
@@ -63,6 +62,12 @@ def build_parser() -> argparse.ArgumentParser:
     parser = OneLineParser(prog="nst", description="Neural style transfer (Gatys et al., VGG-19).")
     commands = parser.add_subparsers(dest="command", required=True)
     add_stylize_command(commands)
+    for module_name in SERVICE_COMMANDS:
+        try:
+            module = importlib.import_module(module_name)
+        except ImportError:  # installed without the service extras
+            continue
+        module.add_commands(commands)
     return parser
 
 
@@ -79,7 +84,7 @@ def add_stylize_command(commands: argparse._SubParsersAction) -> None:  # type: 
     sub.add_argument(
         "--weights",
         default=None,
-        help=f"VGG-19 weights: imagenet, random (tests only) or a .pth file (default: ${ENV_VAR} or imagenet)",
+        help="VGG-19 weights: imagenet, random (tests only) or a .pth file (default: $NST_VGG_WEIGHTS or imagenet)",
     )
     sub.add_argument("--snapshots", type=Path, default=None, metavar="DIR", help="save every snapshot here")
     sub.add_argument("-q", "--quiet", action="store_true", help="no progress output")
@@ -120,6 +125,12 @@ def describe_validation_error(exc: ValidationError) -> str:
 
 
 def run_stylize(args: argparse.Namespace, stderr: TextIO) -> None:
+    from core.decode import open_image
+    from core.output import save_image
+    from core.progress_bar import ProgressBar
+    from core.transfer import stylize
+    from core.weights import WeightsSource
+
     params = params_from_args(args)
     content = open_image(args.content)
     styles = [open_image(path) for path in args.styles]
@@ -170,7 +181,7 @@ def main(argv: Sequence[str] | None = None, stderr: TextIO | None = None) -> int
     args = parser.parse_args(argv)
     try:
         args.handler(args, stderr)
-    except (CommandError, StyleError, ValueError, OSError) as exc:
+    except (CommandError, StyleError, ValueError, OSError, RuntimeError) as exc:
         stderr.write(f"nst: error: {exc}\n")
         return 1
     except KeyboardInterrupt:

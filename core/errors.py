@@ -13,3 +13,7 @@ class WeightsUnavailableError(StyleError):
 
 class InvalidImageError(StyleError):
     """An input is not an image Pillow can decode."""
+
+
+class CommandError(Exception):
+    """A problem the user of a command can fix, reported as one line."""

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
-from typing import TextIO
+from typing import TYPE_CHECKING, TextIO
 
-from core.transfer import Progress
+if TYPE_CHECKING:
+    from core.transfer import Progress
 
 WIDTH = 24
 
@@ -18,6 +19,22 @@ def format_duration(seconds: float | None) -> str:
     return f"{hours}h{minutes:02d}m" if hours else f"{minutes}m{seconds:02d}s"
 
 
+def format_line(
+    iteration: int,
+    total: int,
+    losses: tuple[float, float, float] | None,
+    iterations_per_second: float | None,
+    eta_seconds: float | None,
+) -> str:
+    filled = WIDTH * iteration // max(total, 1)
+    text = f"[{'#' * filled}{'.' * (WIDTH - filled)}] {iteration}/{total}"
+    if losses is not None:
+        text += f" loss {losses[0]:.4g} (content {losses[1]:.4g}, style {losses[2]:.4g})"
+    if iterations_per_second:
+        text += f" {iterations_per_second:.2f} it/s"
+    return text + f" ETA {format_duration(eta_seconds)}"
+
+
 class ProgressBar:
     """Redraws one line on a terminal; writes a line per snapshot elsewhere (logs, pipes)."""
 
@@ -27,21 +44,21 @@ class ProgressBar:
         self.interactive = bool(getattr(stream, "isatty", lambda: False)())
         self._drawn = False
 
-    def line(self, progress: Progress) -> str:
-        filled = WIDTH * progress.iteration // max(progress.total, 1)
-        losses = progress.losses
-        return (
-            f"[{'#' * filled}{'.' * (WIDTH - filled)}] {progress.iteration}/{progress.total} "
-            f"loss {losses.total:.4g} (content {losses.content:.4g}, style {losses.style:.4g}) "
-            f"{progress.iterations_per_second:.2f} it/s ETA {format_duration(progress.eta_seconds)}"
-        )
-
     def update(self, progress: Progress) -> None:
+        losses = progress.losses
+        line = format_line(
+            progress.iteration, progress.total, (losses.total, losses.content, losses.style),
+            progress.iterations_per_second, progress.eta_seconds,
+        )  # fmt: skip
+        self.show(line, progress.is_snapshot)
+
+    def show(self, line: str, milestone: bool) -> None:
+        """Redraw `line` on a terminal; elsewhere write it only at milestones (snapshots)."""
         if self.interactive:
-            self.stream.write("\r\x1b[2K" + self.line(progress))
+            self.stream.write("\r\x1b[2K" + line)
             self._drawn = True
-        elif progress.is_snapshot:
-            self.stream.write(self.line(progress) + "\n")
+        elif milestone:
+            self.stream.write(line + "\n")
         self.stream.flush()
 
     def close(self) -> None:

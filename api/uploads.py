@@ -1,0 +1,79 @@
+"""Checking uploads before a job is queued: size, pixel count from the header, a full decode."""
+
+from __future__ import annotations
+
+import io
+import json
+from typing import Any
+
+from fastapi import UploadFile
+from PIL import Image, UnidentifiedImageError
+from pydantic import ValidationError
+
+from api.problems import Problem, pydantic_errors, validation_problem
+from core.decode import open_image
+from core.errors import InvalidImageError
+from core.params import StyleParams
+from worker.settings import Settings
+
+
+def read_upload(upload: UploadFile, field: str, settings: Settings) -> bytes:
+    """The file's bytes, refusing more than NST_MAX_UPLOAD_BYTES without reading further."""
+    data = upload.file.read(settings.max_upload_bytes + 1)
+    if len(data) > settings.max_upload_bytes:
+        raise Problem(
+            413, "too-large", "Upload too large",
+            f"{field}: {upload.filename or 'the file'} is larger than {settings.max_upload_bytes} bytes",
+        )  # fmt: skip
+    if not data:
+        raise Problem(415, "not-an-image", "Not an image", f"{field}: the file is empty")
+    return data
+
+
+def check_image(data: bytes, field: str, settings: Settings) -> tuple[int, int]:
+    """Decode the image as the worker will; its size is checked from the header first, so a
+    decompression bomb is refused before any pixel is decoded. Returns (width, height)."""
+    try:
+        with Image.open(io.BytesIO(data)) as header:
+            width, height = header.size
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError, Image.DecompressionBombError) as exc:
+        raise Problem(415, "not-an-image", "Not an image", f"{field}: not an image this service can read") from exc
+    if width * height > settings.max_input_pixels:
+        raise Problem(
+            413, "too-many-pixels", "Image too large",
+            f"{field}: {width}x{height} pixels is more than the {settings.max_input_pixels} allowed",
+        )  # fmt: skip
+    try:
+        open_image(data)
+    except InvalidImageError as exc:
+        raise Problem(415, "not-an-image", "Not an image", f"{field}: the image cannot be decoded") from exc
+    return width, height
+
+
+def parse_params(raw: str | None, style_count: int, settings: Settings) -> StyleParams:
+    """The `params` form field: a JSON object of StyleParams names, checked against the limits."""
+    given: Any = {}
+    if raw is not None and raw.strip():
+        try:
+            given = json.loads(raw)
+        except ValueError as exc:
+            raise validation_problem([{"field": "params", "message": f"not valid JSON: {exc}"}]) from exc
+    if not isinstance(given, dict):
+        raise validation_problem([{"field": "params", "message": "must be a JSON object"}])
+    try:
+        params = StyleParams.model_validate(given)
+    except ValidationError as exc:
+        raise validation_problem(pydantic_errors(list(exc.errors()), ("params",))) from exc
+    errors = []
+    if params.iterations > settings.max_iterations:
+        errors.append({"field": "params.iterations", "message": f"at most {settings.max_iterations} on this service"})
+    for side in ("height", "width"):
+        if getattr(params, side) > settings.max_side:
+            errors.append({"field": f"params.{side}", "message": f"at most {settings.max_side} on this service"})
+    try:
+        params.blend_weights(style_count)
+    except ValueError as exc:
+        errors.append({"field": "params.style_blend_weights", "message": str(exc)})
+    if errors:
+        raise validation_problem(errors)
+    return params

@@ -1,0 +1,225 @@
+"""The service through HTTP, with a real redis-server, a real Celery worker and a real uvicorn."""
+
+from __future__ import annotations
+
+import io
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+from PIL import Image
+
+from core.output import read_metadata
+from tests.conftest import SAMPLES
+from tests.services import FINAL, Service, poll, submit
+
+COFFEE = SAMPLES / "coffee.png"  # 600x400
+STARRY = SAMPLES / "starry_night.jpg"
+SMALL = {"height": 64, "width": 64}
+LONG = {"iterations": 20000, "height": 32, "width": 32}  # runs until canceled
+
+
+@pytest.fixture(scope="module")
+def service(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Service]:
+    running = Service(tmp_path_factory.mktemp("service"), {"NST_CORS_ORIGINS": "http://front.example"})
+    try:
+        yield running.start(workers=1)
+    finally:
+        running.stop()
+
+
+@pytest.fixture
+def client(service: Service) -> Iterator[httpx.Client]:
+    with httpx.Client(base_url=service.url, timeout=30) as http:
+        yield http
+
+
+def is_final(job: dict) -> bool:
+    return job["status"] in FINAL
+
+
+def assert_problem(answer: httpx.Response, status: int) -> dict:
+    assert answer.status_code == status, answer.text
+    assert answer.headers["content-type"].startswith("application/problem+json")
+    body = answer.json()
+    assert {"type", "title", "status", "detail"} <= set(body) and body["status"] == status
+    return body
+
+
+def test_a_job_runs_with_snapshots_and_a_result(client: httpx.Client, service: Service) -> None:
+    answer = submit(client, COFFEE, [STARRY], {"iterations": 120, "seed": 3, **SMALL})
+    assert answer.status_code == 202, answer.text
+    job = answer.json()
+    assert answer.headers["location"] == f"/jobs/{job['id']}"
+    assert job["status"] in ("queued", "running") and job["params"]["style_weight"] == 1000.0
+    seen: list[dict] = []
+    done = poll(client, job["id"], is_final, seen=seen)
+    assert done["status"] == "succeeded", service.logs()
+    assert [s["iteration"] for s in done["snapshots"]] == [1, 50, 100]
+    assert done["progress"] == {"iteration": 120, "total": 120, "fraction": 1.0}
+    assert done["losses"]["total"] > 0 and done["weights"] == "random" and done["error"] is None
+    assert done["started_at"] and done["finished_at"] and done["result_url"] == f"/jobs/{job['id']}/result"
+    iterations = [j["progress"]["iteration"] for j in seen]
+    assert iterations == sorted(iterations), "progress never goes backwards"
+    for snap in done["snapshots"]:
+        image = client.get(snap["url"])
+        assert image.status_code == 200 and image.headers["content-type"] == "image/jpeg"
+        with Image.open(io.BytesIO(image.content)) as img:
+            assert img.format == "JPEG" and img.size == (600, 400)
+            assert read_metadata(img)["iteration"] == str(snap["iteration"])
+    latest = client.get(f"/jobs/{job['id']}/snapshots/latest")
+    assert latest.status_code == 200 and latest.headers["x-iteration"] == "100"
+    result = client.get(done["result_url"])
+    assert result.status_code == 200 and result.headers["content-type"] == "image/png"
+    with Image.open(io.BytesIO(result.content)) as img:
+        assert img.format == "PNG" and img.size == (600, 400)
+        assert read_metadata(img)["weights"] == "random" and read_metadata(img)["seed"] == "3"
+
+
+def test_a_running_job_is_canceled_within_a_second(client: httpx.Client) -> None:
+    job = submit(client, COFFEE, [STARRY], LONG).json()
+    poll(client, job["id"], lambda j: j["status"] == "running" and j["progress"]["iteration"] >= 1, timeout=60)
+    asked = time.monotonic()
+    answer = client.post(f"/jobs/{job['id']}/cancel")
+    assert answer.status_code == 202 and answer.json()["id"] == job["id"]
+    done = poll(client, job["id"], is_final, timeout=30)
+    took = time.monotonic() - asked
+    assert done["status"] == "canceled" and done["finished_at"] is not None
+    assert took < 5, f"cancel took {took:.1f} s"  # within a second, plus polling slack on a busy CI
+    again = client.post(f"/jobs/{job['id']}/cancel")
+    assert again.status_code == 202 and again.json()["status"] == "canceled"  # cancel twice: same answer
+    assert_problem(client.get(f"/jobs/{job['id']}/result"), 409)
+
+
+def test_a_queued_job_waits_shows_its_position_and_is_never_started_once_canceled(client: httpx.Client) -> None:
+    busy = submit(client, COFFEE, [STARRY], LONG).json()
+    poll(client, busy["id"], lambda j: j["status"] == "running", timeout=60)
+    second = submit(client, COFFEE, [STARRY], {"iterations": 2, **SMALL}).json()
+    third = submit(client, COFFEE, [STARRY], {"iterations": 2, **SMALL}).json()
+    assert second["status"] == "queued" and second["queue_position"] == 1
+    assert client.get(f"/jobs/{third['id']}").json()["queue_position"] == 2
+
+    canceled = client.post(f"/jobs/{second['id']}/cancel").json()
+    assert canceled["status"] == "canceled" and canceled["queue_position"] is None
+    assert client.get(f"/jobs/{third['id']}").json()["queue_position"] == 1
+
+    client.post(f"/jobs/{busy['id']}/cancel")
+    assert poll(client, third["id"], is_final)["status"] == "succeeded"
+    never = client.get(f"/jobs/{second['id']}").json()
+    assert never["status"] == "canceled" and never["started_at"] is None and never["snapshots"] == []
+
+
+def test_unknown_ids_are_404_problems(client: httpx.Client) -> None:
+    for job_id in ("0" * 32, "not-an-id", "..%2F..%2Fetc", "x" * 10_000, "caf\u00e9"):
+        for path in (f"/jobs/{job_id}", f"/jobs/{job_id}/result", f"/jobs/{job_id}/snapshots/1"):
+            assert_problem(client.get(path), 404)
+        assert_problem(client.post(f"/jobs/{job_id}/cancel"), 404)
+
+
+def test_result_before_the_end_is_409_and_finished_jobs_cannot_be_canceled(client: httpx.Client) -> None:
+    job = submit(client, COFFEE, [STARRY], LONG).json()
+    body = assert_problem(client.get(f"/jobs/{job['id']}/result"), 409)
+    assert "result" in body["detail"]
+    assert_problem(client.get(f"/jobs/{job['id']}/snapshots/999"), 404)
+    client.post(f"/jobs/{job['id']}/cancel")
+    poll(client, job["id"], is_final)
+    short = submit(client, COFFEE, [STARRY], {"iterations": 1, **SMALL}).json()
+    assert poll(client, short["id"], is_final)["status"] == "succeeded"
+    assert_problem(client.post(f"/jobs/{short['id']}/cancel"), 409)
+
+
+@pytest.mark.parametrize(
+    ("files", "params", "status", "field"),
+    [
+        ({"content": b"plain text, not an image"}, None, 415, "content"),
+        ({"style": b"<html><body>hi</body></html>"}, None, 415, "style"),
+        ({"content": b""}, None, 415, "content"),
+        ({}, {"unknown_knob": 1}, 422, "params.unknown_knob"),
+        ({}, {"iterations": 0}, 422, "params.iterations"),
+        ({}, {"iterations": 1_000_000}, 422, "params.iterations"),
+        ({}, {"style_layers": ["conv9_9"], "style_layer_weights": [1]}, 422, "params.style_layers"),
+        ({}, {"style_blend_weights": [1, 2]}, 422, "params.style_blend_weights"),
+        ({}, "{not json", 422, "params"),
+        ({}, "[1, 2]", 422, "params"),
+    ],
+)
+def test_bad_submissions_are_refused_and_queue_nothing(
+    client: httpx.Client, files: dict, params: object, status: int, field: str
+) -> None:
+    import json
+
+    before = client.get("/jobs", params={"limit": 100}).json()["items"]
+    parts = {"content": COFFEE.read_bytes(), "style": STARRY.read_bytes()} | files
+    upload = [(name, (f"{name}.bin", data)) for name, data in parts.items()]
+    data = None if params is None else {"params": params if isinstance(params, str) else json.dumps(params)}
+    body = assert_problem(client.post("/jobs", files=upload, data=data), status)
+    assert field in body["detail"]
+    after = client.get("/jobs", params={"limit": 100}).json()["items"]
+    assert [j["id"] for j in after] == [j["id"] for j in before]
+
+
+def test_a_submission_without_style_is_422(client: httpx.Client) -> None:
+    body = assert_problem(client.post("/jobs", files=[("content", ("c.png", COFFEE.read_bytes()))]), 422)
+    assert "style" in body["detail"]
+
+
+def test_listing_is_newest_first_and_pages_with_a_cursor(client: httpx.Client) -> None:
+    ids = [
+        submit(client, COFFEE, [STARRY], {"iterations": 1, "height": 16, "width": 16}).json()["id"] for _ in range(3)
+    ]
+    first = client.get("/jobs", params={"limit": 2}).json()
+    assert [j["id"] for j in first["items"]] == ids[::-1][:2] and first["next_cursor"]
+    second = client.get("/jobs", params={"limit": 2, "cursor": first["next_cursor"]}).json()
+    assert second["items"][0]["id"] == ids[0]
+    assert_problem(client.get("/jobs", params={"cursor": "abc"}), 422)
+    assert_problem(client.get("/jobs", params={"limit": 0}), 422)
+    for job_id in ids:
+        poll(client, job_id, is_final)
+
+
+def test_health_readiness_cors_and_docs(client: httpx.Client) -> None:
+    assert client.get("/healthz").status_code == 200
+    assert client.get("/readyz").json() == {"redis": "ok", "workers": 1}
+    preflight = client.options(
+        "/jobs", headers={"Origin": "http://front.example", "Access-Control-Request-Method": "POST"}
+    )
+    assert preflight.headers.get("access-control-allow-origin") == "http://front.example"
+    assert (
+        client.get("/healthz", headers={"Origin": "http://evil.example"}).headers.get("access-control-allow-origin")
+        is None
+    )
+    schema = client.get("/openapi.json").json()
+    assert {"/jobs", "/jobs/{job_id}", "/jobs/{job_id}/cancel", "/jobs/{job_id}/result"} <= set(schema["paths"])
+    assert client.get("/docs").status_code == 200
+
+
+def test_nst_submit_waits_and_saves_the_result(service: Service, tmp_path: Path) -> None:
+    out = tmp_path / "result.png"
+    done = subprocess.run(
+        [sys.executable, "-m", "core.cli", "submit", str(COFFEE), str(STARRY), "--server", service.url,
+         "--params", '{"iterations": 60, "height": 32, "width": 32}', "-o", str(out)],
+        capture_output=True, text=True, timeout=180,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    assert len(done.stdout.strip()) == 32  # the job id, for scripts
+    assert "60/60" in done.stderr and f"saved {out}" in done.stderr
+    with Image.open(out) as img:
+        assert img.size == (600, 400)
+
+
+def test_nst_submit_reports_a_refusal_in_one_line(service: Service, tmp_path: Path) -> None:
+    done = subprocess.run(
+        [sys.executable, "-m", "core.cli", "submit", str(COFFEE), str(STARRY), "--server", service.url,
+         "--params", '{"iterations": -1}'],
+        capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert done.returncode == 1 and done.stderr.count("\n") == 1 and "422" in done.stderr
+
+
+def test_the_api_never_imports_torch() -> None:
+    code = "import sys, api.app, api.commands; api.app.create_app(); sys.exit('torch' in sys.modules)"
+    assert subprocess.run([sys.executable, "-c", code], timeout=60).returncode == 0

@@ -1,0 +1,87 @@
+"""`nst worker` (one Celery worker process for one device) and `nst up` (everything, locally)."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import threading
+from typing import TextIO
+
+log = logging.getLogger("nst.worker")
+
+
+def add_commands(commands: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    worker = commands.add_parser(
+        "worker",
+        help="run one job worker (one per GPU); NST_REDIS_URL says where Redis is",
+        description="Run a Celery worker that takes style jobs one at a time.",
+    )
+    worker.add_argument("--device", default=None, help="cpu, cuda, cuda:N (default: $NST_DEVICE or CUDA if available)")
+    worker.add_argument("--loglevel", default="INFO")
+    worker.set_defaults(handler=run_worker)
+
+    up = commands.add_parser(
+        "up",
+        help="run Redis, one worker and the API together on this machine",
+        description="Start Redis (unless NST_REDIS_URL is set), one worker and the API; Ctrl-C stops all.",
+    )
+    up.add_argument("--host", default="127.0.0.1")
+    up.add_argument("--port", type=int, default=8000)
+    up.add_argument("--data-dir", default=".nst", help="where the local Redis keeps its append-only file")
+    up.set_defaults(handler=run_up)
+
+
+def run_worker(args: argparse.Namespace, stderr: TextIO) -> None:
+    import os
+
+    if args.device:
+        os.environ["NST_DEVICE"] = args.device
+    logging.getLogger().setLevel(args.loglevel.upper())
+    from worker.celery_app import QUEUE_NAME, get_celery_app
+    from worker.runner import worker_context
+    from worker.warmup import warm_up
+
+    context = worker_context()
+    # Weights load once per process, before the first job: a bad NST_VGG_WEIGHTS stops the
+    # worker here with its message instead of failing every job.
+    warm_up(context.settings.device)
+    stop = threading.Event()
+    beat = threading.Thread(target=_heartbeat, args=(context, stop), name="nst-heartbeat", daemon=True)
+    beat.start()
+    app = get_celery_app()
+    try:
+        # The solo pool runs jobs in this process: CUDA is initialised here, never in a parent
+        # that forks, and the network stays loaded between jobs.
+        app.worker_main(
+            [
+                "worker",
+                "--pool=solo",
+                "--concurrency=1",
+                f"--queues={QUEUE_NAME}",
+                f"--hostname=nst-{context.name}",
+                f"--loglevel={args.loglevel}",
+                "--without-gossip",
+                "--without-mingle",
+            ]
+        )
+    finally:
+        stop.set()
+        context.store.remove_worker(context.name)
+
+
+def _heartbeat(context: object, stop: threading.Event) -> None:
+    from worker.runner import WorkerContext
+
+    assert isinstance(context, WorkerContext)
+    while not stop.is_set():
+        try:
+            context.store.heartbeat(context.name)
+        except Exception as exc:  # Redis away: say so, keep trying
+            log.warning("heartbeat failed: %s", exc)
+        stop.wait(context.settings.worker_heartbeat_seconds)
+
+
+def run_up(args: argparse.Namespace, stderr: TextIO) -> None:
+    from worker.local import run_everything
+
+    run_everything(host=args.host, port=args.port, data_dir=args.data_dir, stream=stderr)

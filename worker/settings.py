@@ -1,0 +1,41 @@
+"""Settings of the service, from `NST_*` environment variables, read when a process asks."""
+
+from __future__ import annotations
+
+from functools import lru_cache
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class Settings(BaseSettings):
+    """One class for the API and the worker; each reads the fields it needs."""
+
+    model_config = SettingsConfigDict(env_prefix="NST_", extra="ignore")
+
+    redis_url: str = Field("redis://127.0.0.1:6379/0", description="broker, job state and images")
+    job_ttl_seconds: int = Field(86_400, ge=60, description="inputs, snapshots and results expire after this")
+    max_upload_bytes: int = Field(20_000_000, ge=1, description="per uploaded file")
+    max_styles: int = Field(8, ge=1, le=16, description="style images per job")
+    max_input_pixels: int = Field(40_000_000, ge=1, description="width x height of an uploaded image")
+    max_iterations: int = Field(20_000, ge=1, description="per job")
+    max_side: int = Field(4096, ge=16, description="largest working height or width")
+    max_queued_jobs: int = Field(1000, ge=1, description="jobs waiting; past it, 429")
+    job_timeout_seconds: int = Field(6 * 3600, ge=10, description="a running job past this fails")
+    cors_origins: str = Field("", description="comma-separated origins allowed to call the API from a browser")
+    device: str | None = Field(None, description="worker device: cpu, cuda, cuda:N (default: CUDA if available)")
+    worker_heartbeat_seconds: float = Field(5.0, gt=0, description="how often a worker says it is alive")
+
+    @property
+    def cors_origin_list(self) -> list[str]:
+        return [o.strip() for o in self.cors_origins.split(",") if o.strip()]
+
+    @property
+    def visibility_timeout(self) -> int:
+        """Above the longest allowed job, or Redis redelivers a running job to a second worker."""
+        return self.job_timeout_seconds + 3600
+
+
+@lru_cache(maxsize=1)
+def get_settings() -> Settings:
+    return Settings()

@@ -1,0 +1,272 @@
+"""Every Redis key of the service and the job record: the one place api/ and worker/ share.
+
+A job is a hash `nst:job:{id}` whose fields each hold one JSON value, so that the worker's
+progress writes and the API's cancel touch different fields and never overwrite each other.
+Status changes go through one Lua script, atomic in Redis: a job that was canceled while queued
+cannot be started, and a finished job cannot be reopened.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import secrets
+import time
+from datetime import UTC, datetime
+from typing import Any, Literal
+
+import redis
+from pydantic import BaseModel, Field
+
+JobStatus = Literal["queued", "running", "succeeded", "failed", "canceled"]
+TERMINAL: frozenset[str] = frozenset({"succeeded", "failed", "canceled"})
+
+PREFIX = "nst"
+QUEUE_KEY = f"{PREFIX}:queue"  # sorted set: queued job ids by submission order
+JOBS_KEY = f"{PREFIX}:jobs"  # sorted set: every job id by submission order, for listing
+SEQUENCE_KEY = f"{PREFIX}:sequence"  # counter giving each job its order
+WORKERS_KEY = f"{PREFIX}:workers"  # sorted set: worker name -> last heartbeat (unix time)
+
+_ID_PATTERN = re.compile(r"[0-9a-f]{32}")
+
+
+def new_job_id() -> str:
+    """128 random bits: unguessable, and safe in a URL and a Redis key."""
+    return secrets.token_hex(16)
+
+
+def is_job_id(value: str) -> bool:
+    """Whether `value` could be one of our ids; anything else is answered 404 without Redis."""
+    return _ID_PATTERN.fullmatch(value) is not None
+
+
+def job_key(job_id: str) -> str:
+    return f"{PREFIX}:job:{job_id}"
+
+
+def content_key(job_id: str) -> str:
+    return f"{PREFIX}:job:{job_id}:content"
+
+
+def style_key(job_id: str, index: int) -> str:
+    return f"{PREFIX}:job:{job_id}:style:{index}"
+
+
+def snapshot_key(job_id: str, iteration: int) -> str:
+    return f"{PREFIX}:job:{job_id}:snapshot:{iteration}"
+
+
+def result_key(job_id: str) -> str:
+    return f"{PREFIX}:job:{job_id}:result"
+
+
+def cancel_key(job_id: str) -> str:
+    return f"{PREFIX}:job:{job_id}:cancel"
+
+
+def utc_now() -> str:
+    return datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+class JobRecord(BaseModel):
+    """What Redis holds about a job (images apart)."""
+
+    id: str
+    status: JobStatus = "queued"
+    created_at: str = Field(default_factory=utc_now)
+    started_at: str | None = None
+    finished_at: str | None = None
+    params: dict[str, Any]
+    style_count: int
+    sequence: int = 0
+    iteration: int = 0
+    losses: dict[str, float] | None = None
+    iterations_per_second: float | None = None
+    eta_seconds: float | None = None
+    snapshots: list[int] = Field(default_factory=list)
+    error: dict[str, Any] | None = None
+    weights: str | None = None
+    attempts: int = 0
+    worker: str | None = None
+
+    @property
+    def total(self) -> int:
+        return int(self.params["iterations"])
+
+    def to_redis(self) -> dict[str, str]:
+        return {name: json.dumps(value) for name, value in self.model_dump().items()}
+
+    @classmethod
+    def from_redis(cls, fields: dict[bytes, bytes]) -> JobRecord:
+        return cls.model_validate({k.decode(): json.loads(v) for k, v in fields.items()})
+
+
+def encode_fields(fields: dict[str, Any]) -> dict[str, str]:
+    return {name: json.dumps(value) for name, value in fields.items()}
+
+
+# KEYS[1] job hash; ARGV[1] JSON list of statuses allowed now; ARGV[2] JSON object of fields
+# (each value already JSON). Returns {1, old status} when applied, {0, old status} when not,
+# and {0, false} when the job does not exist.
+_TRANSITION = """
+local current = redis.call('HGET', KEYS[1], 'status')
+if not current then return {0, false} end
+local status = cjson.decode(current)
+for _, allowed in ipairs(cjson.decode(ARGV[1])) do
+  if allowed == status then
+    for name, value in pairs(cjson.decode(ARGV[2])) do
+      redis.call('HSET', KEYS[1], name, value)
+    end
+    return {1, status}
+  end
+end
+return {0, status}
+"""
+
+
+class JobStore:
+    """Reads and writes of job state; the only code that knows the key layout."""
+
+    def __init__(self, client: redis.Redis, ttl_seconds: int) -> None:
+        self.redis = client
+        self.ttl = ttl_seconds
+        self._transition = client.register_script(_TRANSITION)
+
+    @classmethod
+    def from_url(cls, url: str, ttl_seconds: int) -> JobStore:
+        client = redis.Redis.from_url(url, socket_connect_timeout=2, socket_timeout=10, health_check_interval=10)
+        return cls(client, ttl_seconds)
+
+    # -- submission ------------------------------------------------------------------------
+    def create(self, record: JobRecord, content: bytes, styles: list[bytes]) -> JobRecord:
+        """Store a new queued job and its inputs in one transaction."""
+        sequence = int(self.redis.incr(SEQUENCE_KEY))
+        record = record.model_copy(update={"sequence": sequence, "style_count": len(styles)})
+        pipe = self.redis.pipeline(transaction=True)
+        pipe.hset(job_key(record.id), mapping=record.to_redis())
+        pipe.expire(job_key(record.id), self.ttl)
+        pipe.set(content_key(record.id), content, ex=self.ttl)
+        for index, style in enumerate(styles):
+            pipe.set(style_key(record.id, index), style, ex=self.ttl)
+        pipe.zadd(QUEUE_KEY, {record.id: sequence})
+        pipe.zadd(JOBS_KEY, {record.id: sequence})
+        pipe.execute()
+        return record
+
+    def queued_count(self) -> int:
+        return int(self.redis.zcard(QUEUE_KEY))
+
+    def forget(self, job_id: str, style_count: int) -> None:
+        """Remove a job that could not be queued (the broker refused it)."""
+        keys = [job_key(job_id), content_key(job_id), *(style_key(job_id, i) for i in range(style_count))]
+        pipe = self.redis.pipeline(transaction=True)
+        pipe.delete(*keys)
+        pipe.zrem(QUEUE_KEY, job_id)
+        pipe.zrem(JOBS_KEY, job_id)
+        pipe.execute()
+
+    # -- reading ---------------------------------------------------------------------------
+    def get(self, job_id: str) -> JobRecord | None:
+        fields = self.redis.hgetall(job_key(job_id))
+        return JobRecord.from_redis(fields) if fields else None
+
+    def queue_position(self, job_id: str) -> int | None:
+        """1 for the next job to start; None when the job is not waiting."""
+        rank = self.redis.zrank(QUEUE_KEY, job_id)
+        return None if rank is None else int(rank) + 1
+
+    def list_jobs(self, limit: int, before: int | None) -> tuple[list[JobRecord], int | None]:
+        """Newest first, below sequence number `before`; returns the jobs and the next cursor."""
+        upper = f"({before}" if before is not None else "+inf"
+        records: list[JobRecord] = []
+        while len(records) < limit:
+            rows = self.redis.zrevrangebyscore(
+                JOBS_KEY, upper, "-inf", start=0, num=limit - len(records), withscores=True
+            )
+            if not rows:
+                return records, None
+            for raw_id, score in rows:
+                upper = f"({int(score)}"
+                record = self.get(raw_id.decode())
+                if record is None:  # expired: drop it from the listing for good
+                    self.redis.zrem(JOBS_KEY, raw_id)
+                    continue
+                records.append(record)
+        more = self.redis.zrevrangebyscore(JOBS_KEY, upper, "-inf", start=0, num=1)
+        return records, (records[-1].sequence if more else None)
+
+    def inputs(self, job_id: str, style_count: int) -> tuple[bytes, list[bytes]] | None:
+        values = self.redis.mget([content_key(job_id), *(style_key(job_id, i) for i in range(style_count))])
+        if any(v is None for v in values):
+            return None
+        return values[0], list(values[1:])
+
+    def snapshot(self, job_id: str, iteration: int) -> bytes | None:
+        return self.redis.get(snapshot_key(job_id, iteration))
+
+    def result(self, job_id: str) -> bytes | None:
+        return self.redis.get(result_key(job_id))
+
+    # -- changes ---------------------------------------------------------------------------
+    def transition(self, job_id: str, allowed: list[str], fields: dict[str, Any]) -> tuple[bool, str | None]:
+        """Apply `fields` only if the job's status is in `allowed`; returns (applied, old status)."""
+        applied, old = self._transition(
+            keys=[job_key(job_id)], args=[json.dumps(allowed), json.dumps(encode_fields(fields))]
+        )
+        return bool(applied), (old.decode() if old else None)
+
+    def dequeue(self, job_id: str) -> None:
+        self.redis.zrem(QUEUE_KEY, job_id)
+
+    def update(self, job_id: str, fields: dict[str, Any]) -> None:
+        self.redis.hset(job_key(job_id), mapping=encode_fields(fields))
+
+    def add_snapshot(self, job_id: str, iteration: int, jpeg: bytes, fields: dict[str, Any]) -> None:
+        """The image and the progress that names it, in one transaction: a client that sees the
+        snapshot listed can fetch it."""
+        pipe = self.redis.pipeline(transaction=True)
+        pipe.set(snapshot_key(job_id, iteration), jpeg, ex=self.ttl)
+        pipe.hset(job_key(job_id), mapping=encode_fields(fields))
+        pipe.execute()
+
+    def finish(self, job_id: str, status: JobStatus, fields: dict[str, Any], result_png: bytes | None = None) -> bool:
+        """Running -> a final status (with the result, if any); False if it was no longer running."""
+        if result_png is not None:
+            self.redis.set(result_key(job_id), result_png, ex=self.ttl)
+        applied, _ = self.transition(job_id, ["running"], {**fields, "status": status, "finished_at": utc_now()})
+        if not applied and result_png is not None:
+            self.redis.delete(result_key(job_id))
+        self.refresh_expiry(job_id)
+        return applied
+
+    def refresh_expiry(self, job_id: str) -> None:
+        """A finished job stays readable for the TTL from its end, not from its submission."""
+        record = self.get(job_id)
+        if record is None:
+            return
+        keys = [job_key(job_id), content_key(job_id), result_key(job_id)]
+        keys += [style_key(job_id, i) for i in range(record.style_count)]
+        keys += [snapshot_key(job_id, i) for i in record.snapshots]
+        pipe = self.redis.pipeline(transaction=False)
+        for key in keys:
+            pipe.expire(key, self.ttl)
+        pipe.delete(cancel_key(job_id))
+        pipe.execute()
+
+    def request_cancel(self, job_id: str) -> None:
+        self.redis.set(cancel_key(job_id), b"1", ex=self.ttl)
+
+    def cancel_requested(self, job_id: str) -> bool:
+        return bool(self.redis.exists(cancel_key(job_id)))
+
+    # -- workers ---------------------------------------------------------------------------
+    def heartbeat(self, worker: str) -> None:
+        self.redis.zadd(WORKERS_KEY, {worker: time.time()})
+
+    def remove_worker(self, worker: str) -> None:
+        self.redis.zrem(WORKERS_KEY, worker)
+
+    def live_workers(self, max_age_seconds: float) -> list[str]:
+        since = time.time() - max_age_seconds
+        self.redis.zremrangebyscore(WORKERS_KEY, "-inf", f"({since - 3600}")  # long dead: forget them
+        return [w.decode() for w in self.redis.zrangebyscore(WORKERS_KEY, since, "+inf")]
