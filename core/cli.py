@@ -62,6 +62,11 @@ def build_parser() -> argparse.ArgumentParser:
     parser = OneLineParser(prog="nst", description="Neural style transfer (Gatys et al., VGG-19).")
     commands = parser.add_subparsers(dest="command", required=True)
     add_stylize_command(commands)
+    fetch = commands.add_parser(
+        "fetch-weights",
+        help="load the VGG-19 weights that $NST_VGG_WEIGHTS names (downloads torchvision's into its cache)",
+    )
+    fetch.set_defaults(handler=run_fetch_weights)
     for module_name in SERVICE_COMMANDS:
         try:
             module = importlib.import_module(module_name)
@@ -172,6 +177,14 @@ def run_stylize(args: argparse.Namespace, stderr: TextIO) -> None:
             f"{result.losses.total:.4g} at iteration {result.best_iteration} of {result.iterations_run}; "
             f"{result.elapsed:.1f} s on {result.device}; weights: {result.weights}; seed {result.seed}\n"
         )
+
+
+def run_fetch_weights(args: argparse.Namespace, stderr: TextIO) -> None:
+    from core.weights import WeightsSource, features_state_dict
+
+    source = WeightsSource.from_env()
+    features_state_dict(source)
+    stderr.write(f"VGG-19 weights ready: {source.label}\n")
 
 
 def main(argv: Sequence[str] | None = None, stderr: TextIO | None = None) -> int:

@@ -73,11 +73,6 @@ def random_state_dict() -> StateDict:
     return state
 
 
-def download_imagenet_weights() -> None:
-    """Fetch torchvision's weights into its cache (the worker image does this at build time)."""
-    _features_from_torchvision()
-
-
 def _features_from_torchvision() -> StateDict:
     try:
         full = VGG19_Weights.IMAGENET1K_V1.get_state_dict(progress=False, check_hash=True)

@@ -1,0 +1,130 @@
+"""What the container files say, checked by what runs here (no Docker engine on this machine):
+`docker-compose config`, and the commands each Dockerfile runs, in a fresh virtual environment."""
+
+from __future__ import annotations
+
+import json
+import os
+import shlex
+import shutil
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+
+from tests.conftest import ROOT
+from worker.local import free_port, start_redis, stop_processes, wait_for_http
+from worker.settings import Settings
+from worker.state import JobStore
+
+
+def dockerfile_commands(name: str) -> tuple[list[str], list[str]]:
+    """The RUN lines that install or run the project (pip, nst), and the CMD, of a Dockerfile."""
+    runs, cmd = [], []
+    for line in (ROOT / name).read_text().splitlines():
+        if line.startswith("RUN "):
+            for part in line.removeprefix("RUN ").split("&&"):
+                part = part.strip()
+                if part.startswith(("pip ", "nst ")):
+                    runs.append(part)
+        elif line.startswith("CMD "):
+            cmd = json.loads(line.removeprefix("CMD "))
+    return runs, cmd
+
+
+def make_venv(path: Path, share_site_packages: bool) -> Path:
+    subprocess.run([sys.executable, "-m", "venv", str(path)], check=True, timeout=120)
+    if share_site_packages:
+        # torch is 5 GB: the worker's venv sees this one's packages instead of installing it again.
+        site = next(path.glob("lib/python*/site-packages"))
+        (site / "shared.pth").write_text("\n".join(p for p in sys.path if p.endswith("site-packages")) + "\n")
+    return path / "bin"
+
+
+def run_in(bin_dir: Path, command: str, env: dict[str, str], cwd: Path) -> subprocess.CompletedProcess[str]:
+    argv = shlex.split(command)
+    argv[0] = str(bin_dir / argv[0])
+    return subprocess.run(argv, cwd=cwd, env=env, capture_output=True, text=True, timeout=900)
+
+
+@pytest.fixture
+def project_copy(tmp_path: Path) -> Path:
+    """What the Dockerfiles COPY, and nothing else, so that a missing file shows."""
+    target = tmp_path / "app"
+    target.mkdir()
+    for name in ("pyproject.toml", "README.md"):
+        shutil.copy(ROOT / name, target / name)
+    for package in ("core", "worker", "api"):
+        shutil.copytree(ROOT / package, target / package, ignore=shutil.ignore_patterns("__pycache__"))
+    return target
+
+
+@pytest.fixture
+def redis_url(tmp_path: Path) -> Iterator[str]:
+    port = free_port()
+    process = start_redis(port, tmp_path / "redis")
+    yield f"redis://127.0.0.1:{port}/0"
+    stop_processes([process])
+
+
+def test_compose_file_is_valid_and_reserves_a_gpu_per_worker() -> None:
+    if shutil.which("docker-compose") is None:
+        pytest.skip("docker-compose is not installed")
+    done = subprocess.run(
+        ["docker-compose", "-f", str(ROOT / "docker-compose.yml"), "config"], capture_output=True, text=True
+    )
+    assert done.returncode == 0, done.stderr
+    config = done.stdout
+    assert "driver: nvidia" in config and "capabilities:" in config and "gpu" in config
+    assert "appendonly" in config and "service_healthy" in config and "Dockerfile.worker" in config
+
+
+def test_api_image_commands_work_in_a_fresh_venv_without_torch(
+    tmp_path: Path, project_copy: Path, redis_url: str
+) -> None:
+    runs, cmd = dockerfile_commands("Dockerfile.api")
+    assert runs == ['pip install ".[api]"'] and cmd[:2] == ["nst", "api"]
+    bin_dir = make_venv(tmp_path / "venv", share_site_packages=False)
+    env = {k: v for k, v in os.environ.items() if k not in ("VIRTUAL_ENV", "PYTHONPATH")}
+    installed = run_in(bin_dir, runs[0], env, project_copy)
+    assert installed.returncode == 0, installed.stderr[-2000:]
+    no_torch = subprocess.run([str(bin_dir / "python"), "-c", "import torch"], capture_output=True, cwd=tmp_path)
+    assert no_torch.returncode != 0, "the API image must not carry torch"
+
+    port = free_port()
+    argv = [str(bin_dir / cmd[0]), *cmd[1:]]
+    argv[argv.index("--port") + 1] = str(port)
+    argv[argv.index("--host") + 1] = "127.0.0.1"
+    api = subprocess.Popen(argv, cwd=tmp_path, env=env | {"NST_REDIS_URL": redis_url}, stderr=subprocess.PIPE)
+    try:
+        wait_for_http(f"http://127.0.0.1:{port}/healthz", api, timeout=60)
+        answer = httpx.get(f"http://127.0.0.1:{port}/readyz")
+        assert answer.status_code == 503 and answer.json()["type"] == "/problems/no-workers"
+    finally:
+        stop_processes([api])
+
+
+def test_worker_image_commands_work_in_a_fresh_venv(tmp_path: Path, project_copy: Path, redis_url: str) -> None:
+    runs, cmd = dockerfile_commands("Dockerfile.worker")
+    assert runs == ['pip install ".[worker]"', "nst fetch-weights"] and cmd == ["nst", "worker"]
+    bin_dir = make_venv(tmp_path / "venv", share_site_packages=True)
+    # No network here: the image downloads torchvision's weights; this run asks for random ones.
+    env = {k: v for k, v in os.environ.items() if k not in ("VIRTUAL_ENV", "PYTHONPATH")}
+    env |= {"NST_VGG_WEIGHTS": "random", "NST_REDIS_URL": redis_url, "NST_DEVICE": "cpu"}
+    for command in runs:
+        done = run_in(bin_dir, command, env, project_copy)
+        assert done.returncode == 0, f"{command}: {done.stderr[-2000:]}"
+    worker = subprocess.Popen([str(bin_dir / cmd[0]), *cmd[1:]], cwd=tmp_path, env=env, stderr=subprocess.DEVNULL)
+    try:
+        store = JobStore.from_url(redis_url, Settings().job_ttl_seconds)
+        deadline = time.monotonic() + 120
+        while not store.live_workers(30) and time.monotonic() < deadline:
+            assert worker.poll() is None, "the worker exited"
+            time.sleep(0.5)
+        assert store.live_workers(30), "the worker never reported"
+    finally:
+        stop_processes([worker])
