@@ -45,6 +45,10 @@ class Losses:
     style: float
     tv: float
 
+    def public(self) -> dict[str, float]:
+        """The terms the service reports (spec/api.md)."""
+        return {"total": self.total, "content": self.content, "style": self.style}
+
     @classmethod
     def from_tensor(cls, values: torch.Tensor) -> Losses:
         return cls(**dict(zip(LOSS_TERMS, values.tolist(), strict=True)))

@@ -5,7 +5,10 @@ from __future__ import annotations
 import argparse
 import logging
 import threading
-from typing import TextIO
+from typing import TYPE_CHECKING, TextIO
+
+if TYPE_CHECKING:
+    from worker.runner import WorkerContext
 
 log = logging.getLogger("nst.worker")
 
@@ -69,10 +72,8 @@ def run_worker(args: argparse.Namespace, stderr: TextIO) -> None:
         context.store.remove_worker(context.name)
 
 
-def _heartbeat(context: object, stop: threading.Event) -> None:
-    from worker.runner import WorkerContext
-
-    assert isinstance(context, WorkerContext)
+def _heartbeat(context: WorkerContext, stop: threading.Event) -> None:
+    """Tell /readyz this worker is alive, also while a job keeps the main thread busy."""
     while not stop.is_set():
         try:
             context.store.heartbeat(context.name)

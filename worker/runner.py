@@ -81,11 +81,7 @@ class ProgressPublisher:
     def __call__(self, progress: Progress) -> None:
         fields = {
             "iteration": progress.iteration,
-            "losses": {
-                "total": progress.losses.total,
-                "content": progress.losses.content,
-                "style": progress.losses.style,
-            },
+            "losses": progress.losses.public(),
             "iterations_per_second": progress.iterations_per_second,
             "eta_seconds": progress.eta_seconds,
         }
@@ -172,9 +168,7 @@ def _optimise(
 
 
 def _record_outcome(store: JobStore, job_id: str, result: StyleResult, stop: StopCheck) -> None:
-    losses = None
-    if result.losses is not None:
-        losses = {"total": result.losses.total, "content": result.losses.content, "style": result.losses.style}
+    losses = result.losses.public() if result.losses is not None else None
     if stop.timed_out:
         detail = f"the job ran past the time limit and was stopped at iteration {result.iterations_run}"
         store.finish(job_id, "failed", {"error": problem("Job timed out", detail, 504, "timeout"), "losses": losses})
