@@ -223,3 +223,35 @@ def test_nst_submit_reports_a_refusal_in_one_line(service: Service, tmp_path: Pa
 def test_the_api_never_imports_torch() -> None:
     code = "import sys, api.app, api.commands; api.app.create_app(); sys.exit('torch' in sys.modules)"
     assert subprocess.run([sys.executable, "-c", code], timeout=60).returncode == 0
+
+
+def test_nst_up_runs_everything_and_stops_it_all_on_sigterm(tmp_path: Path) -> None:
+    import os
+    import signal
+
+    from worker.local import free_port, nst_command, wait_for_http
+
+    port = free_port()
+    env = os.environ | {"NST_VGG_WEIGHTS": "random", "NST_DEVICE": "cpu", "NST_WORKER_HEARTBEAT_SECONDS": "1"}
+    env.pop("NST_REDIS_URL", None)
+    up = subprocess.Popen(
+        nst_command("up", "--port", str(port), "--data-dir", str(tmp_path / "data")),
+        env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True,
+    )  # fmt: skip
+    try:
+        wait_for_http(f"http://127.0.0.1:{port}/readyz", up, timeout=120)
+        with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=30) as http:
+            job = submit(http, COFFEE, [STARRY], {"iterations": 2, "height": 16, "width": 16}).json()
+            assert poll(http, job["id"], is_final)["status"] == "succeeded"
+        up.send_signal(signal.SIGTERM)
+        output, _ = up.communicate(timeout=60)
+    finally:
+        if up.poll() is None:
+            os.killpg(up.pid, signal.SIGKILL)
+    assert up.returncode == 0, output
+    assert f"http://127.0.0.1:{port}" in output and "redis://127.0.0.1:" in output and "curl" in output
+    assert (tmp_path / "data" / "redis").is_dir()  # the append-only file lives there
+    leftovers = subprocess.run(["pgrep", "-s", str(up.pid)], capture_output=True, text=True).stdout.split()
+    assert leftovers == [], "nst up left processes behind"
+    with pytest.raises(httpx.ConnectError):
+        httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=2)

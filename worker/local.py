@@ -63,7 +63,7 @@ def wait_for_port(port: int, process: subprocess.Popen[bytes] | None = None, tim
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if process is not None and process.poll() is not None:
-            raise RuntimeError(f"process {process.args[0]!r} exited with status {process.returncode}")
+            raise RuntimeError(f"{describe(process)} exited with status {process.returncode}")
         with socket.socket() as sock:
             if sock.connect_ex(("127.0.0.1", port)) == 0:
                 return
@@ -71,11 +71,16 @@ def wait_for_port(port: int, process: subprocess.Popen[bytes] | None = None, tim
     raise RuntimeError(f"nothing listened on 127.0.0.1:{port} within {timeout} s")
 
 
-def wait_for_http(url: str, process: subprocess.Popen[bytes] | None = None, timeout: float = 60) -> None:
+def wait_for_http(
+    url: str, process: subprocess.Popen[bytes] | Sequence[subprocess.Popen[bytes]] | None = None, timeout: float = 60
+) -> None:
+    """Until `url` answers 200; fails early if any of `process` exits meanwhile."""
+    watched = [] if process is None else [process] if isinstance(process, subprocess.Popen) else list(process)
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        if process is not None and process.poll() is not None:
-            raise RuntimeError(f"the server exited with status {process.returncode}")
+        for child in watched:
+            if child.poll() is not None:
+                raise RuntimeError(f"{describe(child)} exited with status {child.returncode}")
         try:
             with urllib.request.urlopen(url, timeout=2) as answer:
                 if answer.status == 200:
@@ -89,6 +94,12 @@ def wait_for_http(url: str, process: subprocess.Popen[bytes] | None = None, time
 def nst_command(*args: str) -> list[str]:
     """The `nst` command line, run by this same Python."""
     return [sys.executable, "-m", "core.cli", *args]
+
+
+def describe(process: subprocess.Popen[bytes]) -> str:
+    """`nst worker` for a child started with nst_command("worker"), else its program."""
+    args = [str(a) for a in process.args]  # type: ignore[union-attr]
+    return f"nst {args[3]}" if args[1:3] == ["-m", "core.cli"] else args[0]
 
 
 def stop_processes(processes: Sequence[subprocess.Popen[bytes]], grace: float = 15) -> None:
@@ -118,7 +129,8 @@ def run_everything(host: str, port: int, data_dir: str, stream: TextIO) -> None:
         api = subprocess.Popen(nst_command("api", "--host", host, "--port", str(port)), env=env)
         children.insert(0, api)
         url = f"http://{'127.0.0.1' if host in ('0.0.0.0', '::') else host}:{port}"
-        wait_for_http(f"{url}/healthz", api)
+        # Announce only once a worker has loaded its weights and reported (readyz).
+        wait_for_http(f"{url}/readyz", children, timeout=600)
         samples = Path(__file__).resolve().parent.parent / "examples" / "images"
         stream.write(
             f"\nneural-style-service is up\n  API:   {url}  (docs: {url}/docs)\n  Redis: {env['NST_REDIS_URL']}\n"
@@ -144,5 +156,5 @@ def _wait_until_signalled(children: Sequence[subprocess.Popen[bytes]]) -> None:
     while not stopping:
         for child in children:
             if child.poll() is not None:
-                raise RuntimeError(f"{' '.join(map(str, child.args[2:4]))} exited with status {child.returncode}")
+                raise RuntimeError(f"{describe(child)} exited with status {child.returncode}")
         time.sleep(0.2)
