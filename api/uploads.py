@@ -6,9 +6,9 @@ import io
 import json
 from typing import Any
 
-from fastapi import UploadFile
 from PIL import Image, UnidentifiedImageError
 from pydantic import ValidationError
+from starlette.datastructures import UploadFile
 
 from api.problems import Problem, pydantic_errors, validation_problem
 from core.decode import open_image
@@ -18,7 +18,7 @@ from worker.settings import Settings
 
 
 def read_upload(upload: UploadFile, field: str, settings: Settings) -> bytes:
-    """The file's bytes, refusing more than NST_MAX_UPLOAD_BYTES without reading further."""
+    """The file's bytes (the parser already stopped at NST_MAX_UPLOAD_BYTES; this guards the rest)."""
     data = upload.file.read(settings.max_upload_bytes + 1)
     if len(data) > settings.max_upload_bytes:
         raise Problem(

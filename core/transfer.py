@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 import torch
 from PIL import Image
 
+from core.checkpoint import Checkpoint
 from core.device import resolve_device
 from core.images import (
     Size,
@@ -93,6 +94,7 @@ class StyleResult:
 
 ProgressCallback = Callable[[Progress], None]
 StopCheck = Callable[[], bool]
+CheckpointCallback = Callable[[Checkpoint], None]
 
 
 def stylize(
@@ -105,12 +107,17 @@ def stylize(
     on_progress: ProgressCallback | None = None,
     should_stop: StopCheck | None = None,
     report_every: int | None = None,
+    checkpoint_every: int | None = None,
+    on_checkpoint: CheckpointCallback | None = None,
+    resume: Checkpoint | None = None,
 ) -> StyleResult:
     """Optimise an image with `content`'s content and `styles`' style.
 
     `on_progress` is called at iteration 1 and every `params.snapshot_every` iterations (and,
     with `report_every`, that often too, `is_snapshot` telling which); `should_stop` is asked
     before every iteration and ends the run cleanly with the best image so far.
+    `on_checkpoint` receives the whole state every `checkpoint_every` iterations; `resume`
+    continues from such a checkpoint as if the run had never stopped.
     """
     params = params or StyleParams()
     if not styles:
@@ -131,7 +138,13 @@ def stylize(
         [*params.content_layers, *params.style_layers], pooling=params.pooling, source=source, device=run_device
     )
     objective = StyleObjective(extractor, params, content_x, style_xs, blend)
-    x = initial_image(params, content_x, style_xs[0], seed).to(run_device).requires_grad_(True)
+    if resume is not None:
+        if tuple(resume.image.shape[2:]) != size:
+            raise ValueError(f"the checkpoint is {tuple(resume.image.shape[2:])}, the job works at {size}")
+        seed = resume.seed
+        x = resume.image.to(run_device).requires_grad_(True)
+    else:
+        x = initial_image(params, content_x, style_xs[0], seed).to(run_device).requires_grad_(True)
     optimizer = torch.optim.Adam([x], lr=params.learning_rate, betas=ADAM_BETAS, eps=ADAM_EPS)
 
     def render(pixels: torch.Tensor) -> Image.Image:
@@ -143,12 +156,18 @@ def stylize(
     best_x = x.detach().clone()
     best_losses = torch.full((len(LOSS_TERMS),), math.inf, device=run_device)
     best_iteration = torch.zeros((), dtype=torch.long, device=run_device)
+    iterations_run = 0
+    if resume is not None:
+        optimizer.load_state_dict(resume.optimizer_state)
+        best_x = resume.best_image.to(run_device)
+        best_losses = resume.best_losses.to(run_device)
+        best_iteration = torch.tensor(resume.best_iteration, device=run_device)
+        iterations_run = resume.iteration
 
     start = last_time = time.perf_counter()
-    last_iteration = 0
-    iterations_run = 0
+    last_iteration = iterations_run
     stopped = False
-    for iteration in range(1, params.iterations + 1):
+    for iteration in range(iterations_run + 1, params.iterations + 1):
         if should_stop is not None and should_stop():
             stopped = True
             break
@@ -181,6 +200,8 @@ def stylize(
                 )
             )
         optimizer.step()
+        if on_checkpoint is not None and checkpoint_every and iteration % checkpoint_every == 0:
+            on_checkpoint(Checkpoint.capture(iteration, x, optimizer, best_x, best_losses, best_iteration, seed))
 
     ran = iterations_run > 0
     return StyleResult(

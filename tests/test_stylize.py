@@ -166,3 +166,36 @@ def test_initial_images_follow_the_seed(content_image: Image.Image) -> None:
 def test_explicit_weights_source_is_reported(content_image: Image.Image, style_image: Image.Image) -> None:
     result = stylize(content_image, [style_image], StyleParams(iterations=1, **SMALL), weights=WeightsSource("random"))
     assert result.weights == "random"
+
+
+def test_resuming_from_a_checkpoint_gives_the_uninterrupted_result(
+    content_image: Image.Image, style_image: Image.Image
+) -> None:
+    from core.checkpoint import Checkpoint
+
+    params = StyleParams(iterations=24, seed=9, **SMALL)
+    straight = stylize(content_image, [style_image], params)
+    saved: list[Checkpoint] = []
+    first = stylize(
+        content_image, [style_image], params, checkpoint_every=10, on_checkpoint=saved.append,
+        should_stop=lambda: len(saved) == 1,  # "crash" right after the first checkpoint
+    )  # fmt: skip
+    assert first.stopped and [c.iteration for c in saved] == [10]
+    checkpoint = Checkpoint.from_bytes(saved[0].to_bytes())  # as the worker stores it
+    seen: list[Progress] = []
+    resumed = stylize(content_image, [style_image], params, resume=checkpoint, on_progress=seen.append)
+    assert seen == []  # the only snapshot below 24 is iteration 1, which is not run again
+    assert resumed.iterations_run == 24 and resumed.seed == 9
+    assert resumed.best_iteration == straight.best_iteration
+    assert png_bytes(resumed.image) == png_bytes(straight.image)
+
+
+def test_a_checkpoint_of_another_size_is_refused(content_image: Image.Image, style_image: Image.Image) -> None:
+    from core.checkpoint import Checkpoint
+
+    saved: list[Checkpoint] = []
+    stylize(
+        content_image, [style_image], StyleParams(iterations=3, **SMALL), checkpoint_every=2, on_checkpoint=saved.append
+    )
+    with pytest.raises(ValueError, match="checkpoint"):
+        stylize(content_image, [style_image], StyleParams(iterations=3, height=16, width=16), resume=saved[0])

@@ -5,15 +5,20 @@ from __future__ import annotations
 import logging
 from typing import Annotated
 
-from fastapi import APIRouter, File, Form, Query, UploadFile
+from celery import Celery
+from fastapi import APIRouter, Query, Request
 from fastapi.responses import Response
 from kombu.exceptions import OperationalError
+from starlette.concurrency import run_in_threadpool
+from starlette.datastructures import UploadFile
 
 from api.deps import CeleryDep, SettingsDep, StoreDep, load_job
+from api.multipart import form_files, form_text, read_job_form
 from api.problems import Problem, validation_problem
 from api.schemas import JobList, JobPublic
 from api.uploads import check_image, parse_params, read_upload
 from worker.celery_app import QUEUE_NAME, TASK_NAME
+from worker.settings import Settings
 from worker.state import JobRecord, JobStore, new_job_id, utc_now
 
 log = logging.getLogger(__name__)
@@ -42,25 +47,67 @@ def public(record: JobRecord, store: JobStore) -> JobPublic:
     return JobPublic.from_record(record, position)
 
 
-@router.post("", status_code=202, responses=ERRORS)
-def submit_job(
-    store: StoreDep,
-    settings: SettingsDep,
-    celery: CeleryDep,
-    response: Response,
-    content: Annotated[UploadFile, File(description="the content photo")],
-    style: Annotated[list[UploadFile], File(description="a style image; repeat the field for several")],
-    params: Annotated[str | None, Form(description=PARAMS_HELP)] = None,
+SUBMIT_BODY = {
+    "required": True,
+    "content": {
+        "multipart/form-data": {
+            "schema": {
+                "type": "object",
+                "required": ["content", "style"],
+                "properties": {
+                    "content": {"type": "string", "format": "binary", "description": "the content photo"},
+                    "style": {
+                        "type": "array",
+                        "items": {"type": "string", "format": "binary"},
+                        "description": "one or more style images (repeat the field)",
+                    },
+                    "params": {"type": "string", "description": PARAMS_HELP},
+                },
+            }
+        }
+    },
+}
+
+
+@router.post("", status_code=202, responses=ERRORS, openapi_extra={"requestBody": SUBMIT_BODY})
+async def submit_job(
+    request: Request, store: StoreDep, settings: SettingsDep, celery: CeleryDep, response: Response
 ) -> JobPublic:
     """Queue a style transfer job; answers 202 with the job and its URL in Location."""
-    if len(style) > settings.max_styles:
-        raise validation_problem([{"field": "style", "message": f"at most {settings.max_styles} style images"}])
-    job_params = parse_params(params, len(style), settings)
+    form = await read_job_form(request, settings)
+    try:
+        contents = form_files(form, "content")
+        styles = form_files(form, "style")
+        params = form_text(form, "params")
+        missing = [name for name, given in (("content", contents), ("style", styles)) if not given]
+        if missing or len(contents) > 1:
+            errors = [{"field": name, "message": "a file is required"} for name in missing]
+            if len(contents) > 1:
+                errors.append({"field": "content", "message": "give exactly one content image"})
+            raise validation_problem(errors)
+        # Decoding and Redis are blocking work: off the event loop.
+        record = await run_in_threadpool(accept_job, store, settings, celery, contents[0], styles, params)
+    finally:
+        await form.close()
+    response.headers["Location"] = f"/jobs/{record.id}"
+    return public(record, store)
+
+
+def accept_job(
+    store: JobStore,
+    settings: Settings,
+    celery: Celery,
+    content: UploadFile,
+    styles: list[UploadFile],
+    params: str | None,
+) -> JobRecord:
+    """Check everything, store the job and its inputs, then queue it; nothing is kept on error."""
+    job_params = parse_params(params, len(styles), settings)
     content_bytes = read_upload(content, "content", settings)
     check_image(content_bytes, "content", settings)
     style_bytes = []
-    for index, upload in enumerate(style):
-        field = "style" if len(style) == 1 else f"style[{index}]"
+    for index, upload in enumerate(styles):
+        field = "style" if len(styles) == 1 else f"style[{index}]"
         data = read_upload(upload, field, settings)
         check_image(data, field, settings)
         style_bytes.append(data)
@@ -69,8 +116,7 @@ def submit_job(
             429, "queue-full", "Too many queued jobs", "the queue is full; try again later",
             headers={"Retry-After": "30"},
         )  # fmt: skip
-
-    record = JobRecord(id=new_job_id(), created_at=utc_now(), params=job_params.model_dump(), style_count=len(style))
+    record = JobRecord(id=new_job_id(), created_at=utc_now(), params=job_params.model_dump(), style_count=len(styles))
     record = store.create(record, content_bytes, style_bytes)
     try:
         celery.send_task(TASK_NAME, args=[record.id], task_id=record.id, queue=QUEUE_NAME)
@@ -78,8 +124,7 @@ def submit_job(
         store.forget(record.id, record.style_count)
         log.error("could not queue job %s: %s", record.id, exc)
         raise Problem(503, "unavailable", "Service unavailable", "the job queue is not answering; try again") from exc
-    response.headers["Location"] = f"/jobs/{record.id}"
-    return public(record, store)
+    return record
 
 
 @router.get("", responses=ERRORS)

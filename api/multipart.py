@@ -1,0 +1,88 @@
+"""Reading the `POST /jobs` form with every limit enforced while the bytes stream in.
+
+Starlette spools each uploaded file whole (to memory, then a temporary file) before a handler
+runs, with no cap of its own (pitfalls.md). This parser counts each file's bytes as they arrive
+and stops at the first byte over NST_MAX_UPLOAD_BYTES, so nothing larger reaches the disk.
+"""
+
+from __future__ import annotations
+
+from starlette.datastructures import FormData, Headers, UploadFile
+from starlette.formparsers import MultiPartException, MultiPartParser
+from starlette.requests import Request
+
+from api.problems import Problem, validation_problem
+from worker.settings import Settings
+
+MAX_TEXT_FIELD_BYTES = 64 * 1024  # `params` is a small JSON object
+FORM_FIELDS = ("content", "style", "params")
+
+
+class FileTooLarge(MultiPartException):
+    def __init__(self, field: str, limit: int) -> None:
+        super().__init__(f"{field}: the file is larger than {limit} bytes")
+        self.field = field
+
+
+class LimitedMultiPartParser(MultiPartParser):
+    """Starlette's parser with a per-file byte limit checked on every chunk."""
+
+    def __init__(self, headers: Headers, request: Request, *, max_file_bytes: int, max_files: int) -> None:
+        super().__init__(
+            headers, request.stream(), max_files=max_files, max_fields=len(FORM_FIELDS),
+            max_part_size=MAX_TEXT_FIELD_BYTES,
+        )  # fmt: skip
+        self.max_file_bytes = max_file_bytes
+        self._file_bytes = 0
+
+    def on_part_begin(self) -> None:
+        super().on_part_begin()
+        self._file_bytes = 0
+
+    def on_part_data(self, data: bytes, start: int, end: int) -> None:
+        if self._current_part.file is not None:
+            self._file_bytes += end - start
+            if self._file_bytes > self.max_file_bytes:
+                raise FileTooLarge(self._current_part.field_name, self.max_file_bytes)
+        super().on_part_data(data, start, end)
+
+
+async def read_job_form(request: Request, settings: Settings) -> FormData:
+    """The form, or a problem: 415 if it is not multipart, 413 past a limit, 422 if malformed."""
+    content_type = request.headers.get("content-type", "")
+    if not content_type.lower().startswith("multipart/form-data"):
+        raise Problem(
+            415, "unsupported-media-type", "Unsupported media type",
+            "send multipart/form-data with the fields content, style (one or more) and params",
+        )  # fmt: skip
+    parser = LimitedMultiPartParser(
+        request.headers, request, max_file_bytes=settings.max_upload_bytes, max_files=settings.max_styles + 1
+    )
+    try:
+        form = await parser.parse()
+    except FileTooLarge as exc:
+        raise Problem(413, "too-large", "Upload too large", str(exc)) from exc
+    except MultiPartException as exc:
+        message = str(exc)
+        if message.startswith(("Too many", "Part exceeded")):
+            raise Problem(413, "too-many-parts", "Request too large", message) from exc
+        raise validation_problem([{"field": "request", "message": f"malformed multipart body: {message}"}]) from exc
+    unknown = sorted({name for name, _ in form.multi_items()} - set(FORM_FIELDS))
+    if unknown:
+        await form.close()
+        raise validation_problem([{"field": name, "message": "unknown form field"} for name in unknown])
+    return form
+
+
+def form_files(form: FormData, field: str) -> list[UploadFile]:
+    values = form.getlist(field)
+    if any(not isinstance(v, UploadFile) for v in values):
+        raise validation_problem([{"field": field, "message": "must be a file upload, not text"}])
+    return [v for v in values if isinstance(v, UploadFile)]
+
+
+def form_text(form: FormData, field: str) -> str | None:
+    values = form.getlist(field)
+    if len(values) > 1 or any(not isinstance(v, str) for v in values):
+        raise validation_problem([{"field": field, "message": "give it once, as a text field"}])
+    return values[0] if values else None  # type: ignore[return-value]
