@@ -28,6 +28,7 @@ class Service:
     redis: subprocess.Popen[bytes] | None = None
     api: subprocess.Popen[bytes] | None = None
     workers: list[subprocess.Popen[bytes]] = field(default_factory=list)
+    workers_started: int = 0
 
     @property
     def url(self) -> str:
@@ -65,7 +66,8 @@ class Service:
         return subprocess.Popen(nst_command(*args), env=self.env(), stdout=log, stderr=subprocess.STDOUT)
 
     def start_worker(self) -> subprocess.Popen[bytes]:
-        worker = self._spawn(f"worker{len(self.workers)}", "worker")
+        worker = self._spawn(f"worker{self.workers_started}", "worker")
+        self.workers_started += 1
         self.workers.append(worker)
         return worker
 
@@ -82,8 +84,9 @@ class Service:
             time.sleep(0.2)
         raise RuntimeError(f"service not ready: {self.logs()}")
 
-    def logs(self) -> str:
-        return "\n".join(f"--- {p.name}\n{p.read_text(errors='replace')[-3000:]}" for p in self.root.glob("*.log"))
+    def logs(self, tail: int = 3000) -> str:
+        """The end of every process's log, for assertion messages (tail=0: all of it)."""
+        return "\n".join(f"--- {p.name}\n{p.read_text(errors='replace')[-tail:]}" for p in self.root.glob("*.log"))
 
     def stop(self) -> None:
         stop_processes([p for p in (self.api, *self.workers) if p is not None], grace=10)

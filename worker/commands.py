@@ -4,11 +4,7 @@ from __future__ import annotations
 
 import argparse
 import logging
-import threading
-from typing import TYPE_CHECKING, TextIO
-
-if TYPE_CHECKING:
-    from worker.runner import WorkerContext
+from typing import TextIO
 
 log = logging.getLogger("nst.worker")
 
@@ -41,6 +37,7 @@ def run_worker(args: argparse.Namespace, stderr: TextIO) -> None:
         os.environ["NST_DEVICE"] = args.device
     logging.getLogger().setLevel(args.loglevel.upper())
     from worker.celery_app import QUEUE_NAME, get_celery_app
+    from worker.heartbeat import start_heartbeat
     from worker.runner import worker_context
     from worker.warmup import warm_up
 
@@ -48,9 +45,7 @@ def run_worker(args: argparse.Namespace, stderr: TextIO) -> None:
     # Weights load once per process, before the first job: a bad NST_VGG_WEIGHTS stops the
     # worker here with its message instead of failing every job.
     warm_up(context.settings.device)
-    stop = threading.Event()
-    beat = threading.Thread(target=_heartbeat, args=(context, stop), name="nst-heartbeat", daemon=True)
-    beat.start()
+    stop = start_heartbeat(context)
     app = get_celery_app()
     try:
         # The solo pool runs jobs in this process: CUDA is initialised here, never in a parent
@@ -70,16 +65,6 @@ def run_worker(args: argparse.Namespace, stderr: TextIO) -> None:
     finally:
         stop.set()
         context.store.remove_worker(context.name)
-
-
-def _heartbeat(context: WorkerContext, stop: threading.Event) -> None:
-    """Tell /readyz this worker is alive, also while a job keeps the main thread busy."""
-    while not stop.is_set():
-        try:
-            context.store.heartbeat(context.name)
-        except Exception as exc:  # Redis away: say so, keep trying
-            log.warning("heartbeat failed: %s", exc)
-        stop.wait(context.settings.worker_heartbeat_seconds)
 
 
 def run_up(args: argparse.Namespace, stderr: TextIO) -> None:

@@ -1,16 +1,28 @@
-"""One job from start to end: inputs from Redis, core.stylize, progress and images back to Redis."""
+"""One job from start to end: inputs from Redis, core.stylize, progress and images back to Redis.
+
+Exactly once: a run claims the job (queued -> running) with a random run token and a lease that
+the worker's heartbeat renews. If the worker dies, the lease lapses and any worker's reaper
+queues the job again; the next run resumes from the last checkpoint. A run that finds the job
+claimed by another token stops without writing anything, and only the holder may finish it.
+"""
 
 from __future__ import annotations
 
 import logging
 import os
+import secrets
 import socket
+import threading
 import time
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from functools import lru_cache
+from typing import TypeVar
 
+import redis
 import torch
 
+from core.checkpoint import Checkpoint
 from core.decode import open_image
 from core.errors import StyleError
 from core.output import encode_image
@@ -22,9 +34,11 @@ from worker.state import JobRecord, JobStore, utc_now
 
 log = logging.getLogger(__name__)
 
-CANCEL_POLL_SECONDS = 0.2  # a running job stops within a second of its cancel
+CHECK_SECONDS = 0.2  # a running job sees a cancel (or losing its claim) within this
 PROGRESS_WRITE_SECONDS = 0.5  # between snapshots, progress is written at most this often
+FINAL_WRITE_SECONDS = 120  # how long the final write waits for Redis to come back
 JPEG_QUALITY = 88
+T = TypeVar("T")
 
 
 @dataclass
@@ -32,6 +46,9 @@ class WorkerContext:
     settings: Settings
     store: JobStore
     name: str
+    # (job id, run token) of the job this process runs now; the heartbeat renews its lease.
+    current: tuple[str, str] | None = None
+    lock: threading.Lock = field(default_factory=threading.Lock)
 
 
 @lru_cache(maxsize=1)
@@ -46,15 +63,42 @@ def problem(title: str, detail: str, status: int = 500, kind: str = "job-failed"
     return {"type": f"/problems/{kind}", "title": title, "status": status, "detail": detail}
 
 
-class StopCheck:
-    """`should_stop` for core: a cancel flag in Redis (read at most every 0.2 s) or the time limit."""
+def best_effort(what: str, action: Callable[[], T]) -> T | None:
+    """Progress writes must not kill a job while Redis restarts: log and go on."""
+    try:
+        return action()
+    except redis.RedisError as exc:
+        log.warning("%s skipped, Redis unavailable: %s", what, exc)
+        return None
 
-    def __init__(self, store: JobStore, job_id: str, timeout_seconds: float) -> None:
+
+def until_redis_answers(what: str, action: Callable[[], T]) -> T:
+    """The final writes wait for Redis (a restart) rather than lose a finished job."""
+    deadline = time.monotonic() + FINAL_WRITE_SECONDS
+    delay = 0.2
+    while True:
+        try:
+            return action()
+        except redis.RedisError as exc:
+            if time.monotonic() > deadline:
+                raise
+            log.warning("%s: Redis unavailable (%s); retrying", what, exc)
+            time.sleep(delay)
+            delay = min(delay * 2, 5.0)
+
+
+class StopCheck:
+    """`should_stop` for core: a cancel, losing the claim, or the time limit. Redis is read at
+    most every 0.2 s, in one round trip."""
+
+    def __init__(self, store: JobStore, job_id: str, run_token: str, timeout_seconds: float) -> None:
         self.store = store
         self.job_id = job_id
+        self.run_token = run_token
         self.deadline = time.monotonic() + timeout_seconds
-        self.next_poll = 0.0
+        self.next_check = 0.0
         self.canceled = False
+        self.superseded = False
         self.timed_out = False
 
     def __call__(self) -> bool:
@@ -62,124 +106,166 @@ class StopCheck:
         if now >= self.deadline:
             self.timed_out = True
             return True
-        if now >= self.next_poll:
-            self.next_poll = now + CANCEL_POLL_SECONDS
-            self.canceled = self.store.cancel_requested(self.job_id)
-        return self.canceled
+        if now >= self.next_check:
+            self.next_check = now + CHECK_SECONDS
+            state = best_effort("cancel check", lambda: self.store.run_state(self.job_id))
+            if state is not None:
+                status, token, canceled = state
+                self.superseded = status != "running" or token != self.run_token
+                self.canceled = canceled
+        return self.canceled or self.superseded
 
 
 class ProgressPublisher:
-    """`on_progress` for core: snapshots as JPEGs, progress, losses and ETA, into Redis."""
+    """`on_progress` for core: snapshots as JPEGs, progress, losses and ETA, into Redis. What
+    clients see never goes backwards, also when a resumed run repeats iterations."""
 
     def __init__(self, store: JobStore, record: JobRecord, weights: str) -> None:
         self.store = store
         self.job_id = record.id
-        self.snapshots = list(record.snapshots)
+        self.snapshots = sorted(record.snapshots)
+        self.shown_iteration = record.iteration
         self.weights = weights
         self.last_write = 0.0
 
     def __call__(self, progress: Progress) -> None:
+        self.shown_iteration = max(self.shown_iteration, progress.iteration)
         fields = {
-            "iteration": progress.iteration,
+            "iteration": self.shown_iteration,
             "losses": progress.losses.public(),
             "iterations_per_second": progress.iterations_per_second,
             "eta_seconds": progress.eta_seconds,
         }
         now = time.monotonic()
         if progress.is_snapshot:
-            jpeg = encode_image(
-                progress.image(), "JPEG", {"weights": self.weights, "iteration": str(progress.iteration)}, JPEG_QUALITY
-            )
+            metadata = {"weights": self.weights, "iteration": str(progress.iteration)}
+            jpeg = encode_image(progress.image(), "JPEG", metadata, JPEG_QUALITY)
             if progress.iteration not in self.snapshots:
-                self.snapshots.append(progress.iteration)
-            self.store.add_snapshot(self.job_id, progress.iteration, jpeg, {**fields, "snapshots": self.snapshots})
+                self.snapshots = sorted([*self.snapshots, progress.iteration])
+            fields["snapshots"] = self.snapshots
+            best_effort("snapshot", lambda: self.store.add_snapshot(self.job_id, progress.iteration, jpeg, fields))
             self.last_write = now
         elif now - self.last_write >= PROGRESS_WRITE_SECONDS:
-            self.store.update(self.job_id, fields)
+            best_effort("progress", lambda: self.store.update(self.job_id, fields))
             self.last_write = now
 
 
 def run_job(job_id: str, context: WorkerContext | None = None) -> None:
-    """Run one job to its end. Safe to call twice for one job: a finished or canceled job is
-    left alone, so a redelivered message does nothing."""
+    """Run one job to its end. Safe to call for any message: a job that is not queued (finished,
+    canceled, or held by another run) is left alone."""
     context = context or worker_context()
-    store = context.store
-    record = store.get(job_id)
+    store, settings = context.store, context.settings
+    record = until_redis_answers("reading the job", lambda: store.get(job_id))
     if record is None:
         log.warning("job %s: no record (expired or never created); message dropped", job_id)
         return
     weights = WeightsSource.from_env()
-    applied, status = store.transition(
-        job_id,
-        ["queued", "running"],
-        {
-            "status": "running",
-            "started_at": record.started_at or utc_now(),
-            "attempts": record.attempts + 1,
-            "weights": weights.label,
-            "worker": context.name,
-        },
+    token = secrets.token_hex(8)
+    fields = {
+        "status": "running",
+        "started_at": record.started_at or utc_now(),
+        "attempts": record.attempts + 1,
+        "weights": weights.label,
+        "worker": context.name,
+    }
+    claimed, status = until_redis_answers(
+        "claiming the job", lambda: store.claim(job_id, fields, token, settings.lease_seconds)
     )
-    store.dequeue(job_id)
-    if not applied:
-        log.info("job %s is %s: not started", job_id, status)
+    if not claimed:
+        log.info("job %s is %s: not run here", job_id, status)
         return
+    with context.lock:
+        context.current = (job_id, token)
     log.info("job %s: started (attempt %d)", job_id, record.attempts + 1)
-    stop = StopCheck(store, job_id, context.settings.job_timeout_seconds)
     try:
-        result = _optimise(store, record, weights, stop, context.settings.device)
+        _run_claimed(context, record, weights, token)
+    finally:
+        with context.lock:
+            context.current = None
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
+
+
+def _run_claimed(context: WorkerContext, record: JobRecord, weights: WeightsSource, token: str) -> None:
+    store = context.store
+    job_id = record.id
+    stop = StopCheck(store, job_id, token, context.settings.job_timeout_seconds)
+
+    def fail(title: str, detail: str, status: int, kind: str) -> None:
+        until_redis_answers(
+            "recording the failure",
+            lambda: store.finish(job_id, "failed", {"error": problem(title, detail, status, kind)}, token),
+        )
+
+    try:
+        result = _optimise(context, record, weights, stop)
     except (StyleError, ValueError) as exc:
-        store.finish(job_id, "failed", {"error": problem("Job failed", str(exc), 422, "invalid-job")})
+        fail("Job failed", str(exc), 422, "invalid-job")
         log.warning("job %s failed: %s", job_id, exc)
         return
     except (torch.cuda.OutOfMemoryError, MemoryError):
-        detail = "the device ran out of memory; try a smaller height and width"
-        store.finish(job_id, "failed", {"error": problem("Out of memory", detail, 507, "out-of-memory")})
+        fail("Out of memory", "the device ran out of memory; try a smaller height and width", 507, "out-of-memory")
         log.warning("job %s: out of memory", job_id)
         return
     except Exception as exc:
         log.exception("job %s: unexpected error", job_id)
-        store.finish(job_id, "failed", {"error": problem("Job failed", f"internal error: {type(exc).__name__}")})
+        fail("Job failed", f"internal error: {type(exc).__name__}", 500, "job-failed")
         return
-    finally:
-        if torch.cuda.is_available():
-            torch.cuda.empty_cache()
-    _record_outcome(store, job_id, result, stop)
+    _record_outcome(store, job_id, result, stop, token)
 
 
-def _optimise(
-    store: JobStore, record: JobRecord, weights: WeightsSource, stop: StopCheck, device: str | None
-) -> StyleResult:
-    inputs = store.inputs(record.id, record.style_count)
+def _optimise(context: WorkerContext, record: JobRecord, weights: WeightsSource, stop: StopCheck) -> StyleResult:
+    store = context.store
+    inputs = until_redis_answers("reading the inputs", lambda: store.inputs(record.id, record.style_count))
     if inputs is None:
         raise StyleError("the job's input images have expired")
     content_bytes, style_bytes = inputs
     params = StyleParams.model_validate(record.params)
+    resume = None
+    saved = until_redis_answers("reading the checkpoint", lambda: store.checkpoint(record.id))
+    if saved is not None:
+        resume = Checkpoint.from_bytes(saved)
+        log.info("job %s: resuming from the checkpoint at iteration %d", record.id, resume.iteration)
+
+    def save(checkpoint: Checkpoint) -> None:
+        data = checkpoint.to_bytes()
+        best_effort("checkpoint", lambda: store.save_checkpoint(record.id, data))
+
     return stylize(
         open_image(content_bytes),
         [open_image(data) for data in style_bytes],
         params,
-        device=device,
+        device=context.settings.device,
         weights=weights,
         on_progress=ProgressPublisher(store, record, weights.label),
         should_stop=stop,
         report_every=max(1, params.snapshot_every // 5),
+        checkpoint_every=context.settings.checkpoint_every,
+        on_checkpoint=save,
+        resume=resume,
     )
 
 
-def _record_outcome(store: JobStore, job_id: str, result: StyleResult, stop: StopCheck) -> None:
+def _record_outcome(store: JobStore, job_id: str, result: StyleResult, stop: StopCheck, token: str) -> None:
     losses = result.losses.public() if result.losses is not None else None
+    if stop.superseded and not stop.canceled:
+        log.warning("job %s: another run holds it now; this run stops without writing", job_id)
+        return
     if stop.timed_out:
         detail = f"the job ran past the time limit and was stopped at iteration {result.iterations_run}"
-        store.finish(job_id, "failed", {"error": problem("Job timed out", detail, 504, "timeout"), "losses": losses})
+        error = problem("Job timed out", detail, 504, "timeout")
+        until_redis_answers("timing out", lambda: store.finish(job_id, "failed", {"error": error}, token))
         log.warning("job %s: timed out", job_id)
         return
     if result.stopped:
-        store.finish(job_id, "canceled", {"eta_seconds": None})
+        until_redis_answers("canceling", lambda: store.finish(job_id, "canceled", {"eta_seconds": None}, token))
         log.info("job %s: canceled at iteration %d", job_id, result.iterations_run)
         return
     metadata = {"weights": result.weights, "seed": str(result.seed), "best_iteration": str(result.best_iteration)}
     png = encode_image(result.image, "PNG", metadata)
     fields = {"iteration": result.iterations_run, "losses": losses, "eta_seconds": 0.0}
-    if store.finish(job_id, "succeeded", fields, result_png=png):
+    until_redis_answers("counting the run", lambda: store.count_finished_run(job_id))
+    if until_redis_answers("storing the result", lambda: store.finish(job_id, "succeeded", fields, token, png)):
         log.info("job %s: succeeded in %.1f s", job_id, result.elapsed)
+    else:
+        log.warning("job %s: finished, but another run held it; result dropped", job_id)

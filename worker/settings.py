@@ -25,6 +25,9 @@ class Settings(BaseSettings):
     cors_origins: str = Field("", description="comma-separated origins allowed to call the API from a browser")
     device: str | None = Field(None, description="worker device: cpu, cuda, cuda:N (default: CUDA if available)")
     worker_heartbeat_seconds: float = Field(5.0, gt=0, description="how often a worker says it is alive")
+    lease_seconds: int = Field(30, ge=2, description="a running job whose worker is silent this long is requeued")
+    max_attempts: int = Field(3, ge=1, description="runs of one job (worker crashes) before it fails")
+    checkpoint_every: int = Field(200, ge=1, description="iterations between checkpoints a crashed job resumes from")
 
     @property
     def cors_origin_list(self) -> list[str]:

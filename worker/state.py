@@ -26,6 +26,7 @@ QUEUE_KEY = f"{PREFIX}:queue"  # sorted set: queued job ids by submission order
 JOBS_KEY = f"{PREFIX}:jobs"  # sorted set: every job id by submission order, for listing
 SEQUENCE_KEY = f"{PREFIX}:sequence"  # counter giving each job its order
 WORKERS_KEY = f"{PREFIX}:workers"  # sorted set: worker name -> last heartbeat (unix time)
+RUNNING_KEY = f"{PREFIX}:running"  # set: ids of running jobs, each held by a lease
 
 _ID_PATTERN = re.compile(r"[0-9a-f]{32}")
 
@@ -64,6 +65,20 @@ def cancel_key(job_id: str) -> str:
     return f"{PREFIX}:job:{job_id}:cancel"
 
 
+def lease_key(job_id: str) -> str:
+    """Exists while a worker runs the job; it renews it. Gone: the worker died."""
+    return f"{PREFIX}:job:{job_id}:lease"
+
+
+def checkpoint_key(job_id: str) -> str:
+    return f"{PREFIX}:job:{job_id}:checkpoint"
+
+
+def finished_runs_key(job_id: str) -> str:
+    """How many runs reached the end of the optimisation: 1 for a job that ran once."""
+    return f"{PREFIX}:job:{job_id}:finished-runs"
+
+
 def utc_now() -> str:
     return datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
@@ -88,6 +103,7 @@ class JobRecord(BaseModel):
     weights: str | None = None
     attempts: int = 0
     worker: str | None = None
+    run_token: str | None = None  # names the attempt that holds the job; stale runs see it change
 
     @property
     def total(self) -> int:
@@ -106,12 +122,13 @@ def encode_fields(fields: dict[str, Any]) -> dict[str, str]:
 
 
 # KEYS[1] job hash; ARGV[1] JSON list of statuses allowed now; ARGV[2] JSON object of fields
-# (each value already JSON). Returns {1, old status} when applied, {0, old status} when not,
-# and {0, false} when the job does not exist.
+# (each value already JSON); ARGV[3] the run_token the job must hold (JSON), or "" for any.
+# Returns {1, old status} when applied, {0, old status} when not, {0, false} for no job.
 _TRANSITION = """
 local current = redis.call('HGET', KEYS[1], 'status')
 if not current then return {0, false} end
 local status = cjson.decode(current)
+if ARGV[3] ~= '' and redis.call('HGET', KEYS[1], 'run_token') ~= ARGV[3] then return {0, status} end
 for _, allowed in ipairs(cjson.decode(ARGV[1])) do
   if allowed == status then
     for name, value in pairs(cjson.decode(ARGV[2])) do
@@ -123,6 +140,49 @@ end
 return {0, status}
 """
 
+# Claim a queued job for one run. KEYS: job hash, lease, running set, queue. ARGV: job id, fields
+# (JSON object of JSON values, run_token among them), the token, lease seconds.
+_CLAIM = """
+local current = redis.call('HGET', KEYS[1], 'status')
+if not current then return {0, false} end
+local status = cjson.decode(current)
+if status ~= 'queued' then return {0, status} end
+for name, value in pairs(cjson.decode(ARGV[2])) do redis.call('HSET', KEYS[1], name, value) end
+redis.call('SET', KEYS[2], ARGV[3], 'EX', tonumber(ARGV[4]))
+redis.call('SADD', KEYS[3], ARGV[1])
+redis.call('ZREM', KEYS[4], ARGV[1])
+return {1, status}
+"""
+
+# Renew a lease only for the run that holds it. KEYS: lease. ARGV: token, seconds.
+_RENEW = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then
+  return redis.call('SET', KEYS[1], ARGV[1], 'EX', tonumber(ARGV[2]))
+end
+return false
+"""
+
+# A running job whose lease has gone: its worker died. Queue it again at its old place, or fail
+# it after max attempts. KEYS: job hash, lease, running set, queue. ARGV: job id, max attempts,
+# the failed fields (JSON object of JSON values). Returns 'alive', 'gone', 'requeued', 'failed'.
+_REAP = """
+local current = redis.call('HGET', KEYS[1], 'status')
+if not current or cjson.decode(current) ~= 'running' then
+  redis.call('SREM', KEYS[3], ARGV[1])
+  return 'gone'
+end
+if redis.call('EXISTS', KEYS[2]) == 1 then return 'alive' end
+redis.call('SREM', KEYS[3], ARGV[1])
+local attempts = tonumber(redis.call('HGET', KEYS[1], 'attempts'))
+if attempts >= tonumber(ARGV[2]) then
+  for name, value in pairs(cjson.decode(ARGV[3])) do redis.call('HSET', KEYS[1], name, value) end
+  return 'failed'
+end
+redis.call('HSET', KEYS[1], 'status', cjson.encode('queued'), 'run_token', 'null')
+redis.call('ZADD', KEYS[4], tonumber(redis.call('HGET', KEYS[1], 'sequence')), ARGV[1])
+return 'requeued'
+"""
+
 
 class JobStore:
     """Reads and writes of job state; the only code that knows the key layout."""
@@ -131,6 +191,9 @@ class JobStore:
         self.redis = client
         self.ttl = ttl_seconds
         self._transition = client.register_script(_TRANSITION)
+        self._claim = client.register_script(_CLAIM)
+        self._renew = client.register_script(_RENEW)
+        self._reap = client.register_script(_REAP)
 
     @classmethod
     def from_url(cls, url: str, ttl_seconds: int) -> JobStore:
@@ -208,12 +271,83 @@ class JobStore:
         return self.redis.get(result_key(job_id))
 
     # -- changes ---------------------------------------------------------------------------
-    def transition(self, job_id: str, allowed: list[str], fields: dict[str, Any]) -> tuple[bool, str | None]:
-        """Apply `fields` only if the job's status is in `allowed`; returns (applied, old status)."""
+    def transition(
+        self, job_id: str, allowed: list[str], fields: dict[str, Any], run_token: str | None = None
+    ) -> tuple[bool, str | None]:
+        """Apply `fields` only if the job's status is in `allowed` (and, given `run_token`, the
+        job is still held by that run); returns (applied, old status)."""
+        token = json.dumps(run_token) if run_token is not None else ""
         applied, old = self._transition(
-            keys=[job_key(job_id)], args=[json.dumps(allowed), json.dumps(encode_fields(fields))]
+            keys=[job_key(job_id)], args=[json.dumps(allowed), json.dumps(encode_fields(fields)), token]
         )
         return bool(applied), (old.decode() if old else None)
+
+    def claim(self, job_id: str, fields: dict[str, Any], run_token: str, lease_seconds: int) -> tuple[bool, str | None]:
+        """queued -> running for one run, with its lease, atomically; (claimed, old status)."""
+        keys = [job_key(job_id), lease_key(job_id), RUNNING_KEY, QUEUE_KEY]
+        args = [
+            job_id,
+            json.dumps(encode_fields({**fields, "run_token": run_token})),
+            json.dumps(run_token),
+            lease_seconds,
+        ]
+        applied, old = self._claim(keys=keys, args=args)
+        return bool(applied), (old.decode() if old else None)
+
+    def renew_lease(self, job_id: str, run_token: str, lease_seconds: int) -> bool:
+        return bool(self._renew(keys=[lease_key(job_id)], args=[json.dumps(run_token), lease_seconds]))
+
+    def reap(self, max_attempts: int) -> list[tuple[str, str]]:
+        """Requeue (or fail, past max attempts) running jobs whose worker died; returns what it did."""
+        outcomes = []
+        for raw in self.redis.smembers(RUNNING_KEY):
+            job_id = raw.decode()
+            failed = encode_fields(
+                {
+                    "status": "failed",
+                    "finished_at": utc_now(),
+                    "run_token": None,
+                    "error": {
+                        "type": "/problems/worker-lost",
+                        "title": "Worker lost",
+                        "status": 500,
+                        "detail": f"the worker running this job stopped {max_attempts} times; giving up",
+                    },
+                }
+            )
+            keys = [job_key(job_id), lease_key(job_id), RUNNING_KEY, QUEUE_KEY]
+            outcome = self._reap(keys=keys, args=[job_id, max_attempts, json.dumps(failed)]).decode()
+            if outcome in ("requeued", "failed"):
+                outcomes.append((job_id, outcome))
+        return outcomes
+
+    def run_state(self, job_id: str) -> tuple[str | None, str | None, bool]:
+        """(status, run_token, cancel requested) in one round trip, for a running job's checks."""
+        pipe = self.redis.pipeline(transaction=False)
+        pipe.hmget(job_key(job_id), ["status", "run_token"])
+        pipe.exists(cancel_key(job_id))
+        (status, token), canceled = pipe.execute()
+        return (
+            json.loads(status) if status else None,
+            json.loads(token) if token else None,
+            bool(canceled),
+        )
+
+    def save_checkpoint(self, job_id: str, data: bytes) -> None:
+        self.redis.set(checkpoint_key(job_id), data, ex=self.ttl)
+
+    def checkpoint(self, job_id: str) -> bytes | None:
+        return self.redis.get(checkpoint_key(job_id))
+
+    def count_finished_run(self, job_id: str) -> int:
+        key = finished_runs_key(job_id)
+        pipe = self.redis.pipeline(transaction=True)
+        pipe.incr(key)
+        pipe.expire(key, self.ttl)
+        return int(pipe.execute()[0])
+
+    def finished_runs(self, job_id: str) -> int:
+        return int(self.redis.get(finished_runs_key(job_id)) or 0)
 
     def dequeue(self, job_id: str) -> None:
         self.redis.zrem(QUEUE_KEY, job_id)
@@ -229,14 +363,28 @@ class JobStore:
         pipe.hset(job_key(job_id), mapping=encode_fields(fields))
         pipe.execute()
 
-    def finish(self, job_id: str, status: JobStatus, fields: dict[str, Any], result_png: bytes | None = None) -> bool:
-        """Running -> a final status (with the result, if any); False if it was no longer running."""
+    def finish(
+        self,
+        job_id: str,
+        status: JobStatus,
+        fields: dict[str, Any],
+        run_token: str | None = None,
+        result_png: bytes | None = None,
+    ) -> bool:
+        """Running -> a final status (with the result, if any), only for the run holding the job;
+        False if it was no longer running or another run holds it now."""
         if result_png is not None:
             self.redis.set(result_key(job_id), result_png, ex=self.ttl)
-        applied, _ = self.transition(job_id, ["running"], {**fields, "status": status, "finished_at": utc_now()})
-        if not applied and result_png is not None:
+        final = {**fields, "status": status, "finished_at": utc_now(), "run_token": None}
+        applied, _ = self.transition(job_id, ["running"], final, run_token)
+        if applied:
+            pipe = self.redis.pipeline(transaction=True)
+            pipe.srem(RUNNING_KEY, job_id)
+            pipe.delete(lease_key(job_id), checkpoint_key(job_id))
+            pipe.execute()
+            self.refresh_expiry(job_id)
+        elif result_png is not None:
             self.redis.delete(result_key(job_id))
-        self.refresh_expiry(job_id)
         return applied
 
     def refresh_expiry(self, job_id: str) -> None:

@@ -1,0 +1,168 @@
+"""Faults with real processes: workers killed mid-job, Redis and the API restarted, jobs that
+fail or run too long. Every accepted job ends exactly once, with its result or a clear error."""
+
+from __future__ import annotations
+
+import signal
+import time
+from collections.abc import Iterator
+
+import httpx
+import pytest
+
+from tests.conftest import SAMPLES
+from tests.services import FINAL, Service, poll, submit
+from worker.local import start_redis, stop_processes, wait_for_http
+from worker.state import JobStore, content_key
+
+COFFEE = SAMPLES / "coffee.png"
+STARRY = SAMPLES / "starry_night.jpg"
+TINY = {"height": 32, "width": 32}
+
+
+@pytest.fixture(scope="module")
+def service(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Service]:
+    env = {
+        "NST_LEASE_SECONDS": "3",
+        "NST_CHECKPOINT_EVERY": "20",
+        "NST_MAX_ATTEMPTS": "2",
+        "NST_JOB_TIMEOUT_SECONDS": "10",
+    }
+    running = Service(tmp_path_factory.mktemp("faults"), env)
+    try:
+        yield running.start(workers=1)
+    finally:
+        running.stop()
+
+
+@pytest.fixture
+def client(service: Service) -> Iterator[httpx.Client]:
+    with httpx.Client(base_url=service.url, timeout=30) as http:
+        yield http
+
+
+@pytest.fixture
+def store(service: Service) -> JobStore:
+    return JobStore.from_url(service.redis_url, 3600)
+
+
+def is_final(job: dict) -> bool:
+    return job["status"] in FINAL
+
+
+def kill_worker(service: Service) -> None:
+    worker = service.workers.pop()
+    worker.send_signal(signal.SIGKILL)
+    worker.wait()
+
+
+def never_backwards(seen: list[dict]) -> None:
+    iterations = [j["progress"]["iteration"] for j in seen]
+    assert iterations == sorted(iterations), iterations
+    counts = [len(j["snapshots"]) for j in seen]
+    assert counts == sorted(counts), counts
+
+
+def test_a_killed_worker_s_job_resumes_from_its_checkpoint_on_the_next_worker(
+    service: Service, client: httpx.Client, store: JobStore
+) -> None:
+    job = submit(client, COFFEE, [STARRY], {"iterations": 150, **TINY}).json()
+    seen: list[dict] = []
+    poll(client, job["id"], lambda j: j["progress"]["iteration"] >= 60, timeout=60, seen=seen)
+    kill_worker(service)
+    killed_at = client.get(f"/jobs/{job['id']}").json()
+    assert killed_at["status"] == "running"
+    service.start_worker()
+    done = poll(client, job["id"], is_final, timeout=120, seen=seen)
+    assert done["status"] == "succeeded", service.logs()
+    assert store.finished_runs(job["id"]) == 1
+    assert store.get(job["id"]).attempts == 2  # type: ignore[union-attr]
+    never_backwards(seen)
+    assert [s["iteration"] for s in done["snapshots"]] == [1, 50, 100, 150]
+    assert "resuming from the checkpoint at iteration" in service.logs(tail=0)
+    assert client.get(done["result_url"]).status_code == 200
+
+
+def test_a_job_that_keeps_killing_its_worker_fails_after_max_attempts(
+    service: Service, client: httpx.Client, store: JobStore
+) -> None:
+    job = submit(client, COFFEE, [STARRY], {"iterations": 20000, **TINY}).json()
+    for attempt in (1, 2):
+        deadline = time.monotonic() + 60
+        while (record := store.get(job["id"])) is None or record.attempts < attempt or record.status != "running":
+            assert time.monotonic() < deadline, f"attempt {attempt} never started"
+            time.sleep(0.1)
+        kill_worker(service)
+        service.start_worker()
+    done = poll(client, job["id"], is_final, timeout=60)
+    assert done["status"] == "failed" and done["error"]["type"] == "/problems/worker-lost"
+    assert "2 times" in done["error"]["detail"]
+    assert store.finished_runs(job["id"]) == 0
+
+
+def test_a_job_past_the_time_limit_fails_cleanly_and_the_worker_goes_on(client: httpx.Client) -> None:
+    slow = submit(client, COFFEE, [STARRY], {"iterations": 20000, **TINY}).json()
+    after = submit(client, COFFEE, [STARRY], {"iterations": 2, **TINY}).json()
+    done = poll(client, slow["id"], is_final, timeout=60)
+    assert done["status"] == "failed" and done["error"]["type"] == "/problems/timeout"
+    assert "time limit" in done["error"]["detail"]
+    assert poll(client, after["id"], is_final)["status"] == "succeeded"
+
+
+def test_a_job_whose_input_breaks_fails_readably_and_the_worker_takes_the_next(
+    service: Service, client: httpx.Client, store: JobStore
+) -> None:
+    busy = submit(client, COFFEE, [STARRY], {"iterations": 20000, **TINY}).json()
+    poll(client, busy["id"], lambda j: j["status"] == "running", timeout=60)
+    broken = submit(client, COFFEE, [STARRY], {"iterations": 2, **TINY}).json()
+    store.redis.set(content_key(broken["id"]), b"garbage that was an image")  # damaged in storage
+    following = submit(client, COFFEE, [STARRY], {"iterations": 2, **TINY}).json()
+    client.post(f"/jobs/{busy['id']}/cancel")
+    failed = poll(client, broken["id"], is_final)
+    assert failed["status"] == "failed" and "not an image" in failed["error"]["detail"]
+    assert poll(client, following["id"], is_final)["status"] == "succeeded"
+    assert all(w.poll() is None for w in service.workers)
+
+
+def test_redis_restarted_with_jobs_queued_and_running_loses_none(
+    service: Service, client: httpx.Client, store: JobStore
+) -> None:
+    running = submit(client, COFFEE, [STARRY], {"iterations": 120, **TINY}).json()
+    queued = [submit(client, COFFEE, [STARRY], {"iterations": 30, **TINY}).json() for _ in range(2)]
+    poll(client, running["id"], lambda j: j["progress"]["iteration"] >= 10, timeout=60)
+    assert service.redis is not None
+    stop_processes([service.redis])  # SIGTERM: Redis writes its append-only file and exits
+    away = client.get(f"/jobs/{running['id']}")
+    assert away.status_code == 503 and away.headers["content-type"].startswith("application/problem+json")
+    assert client.get("/healthz").status_code == 200
+    time.sleep(2)
+    service.redis = start_redis(service.redis_port, service.root / "redis", service.root / "redis.log")
+    for job in (running, *queued):
+        done = poll(client, job["id"], is_final, timeout=180)
+        assert done["status"] == "succeeded", (done, service.logs())
+        assert store.finished_runs(job["id"]) == 1
+    service.wait_ready(1)
+
+
+def test_an_api_restart_mid_job_changes_nothing_for_the_job(
+    service: Service, client: httpx.Client, store: JobStore
+) -> None:
+    job = submit(client, COFFEE, [STARRY], {"iterations": 120, **TINY}).json()
+    poll(client, job["id"], lambda j: j["status"] == "running", timeout=60)
+    assert service.api is not None
+    service.api.send_signal(signal.SIGKILL)
+    service.api.wait()
+    service.start_api()
+    wait_for_http(f"{service.url}/healthz")
+    with httpx.Client(base_url=service.url, timeout=30) as fresh:
+        done = poll(fresh, job["id"], is_final, timeout=120)
+    assert done["status"] == "succeeded" and store.finished_runs(job["id"]) == 1
+
+
+def test_cancel_answers_are_defined_in_every_state(client: httpx.Client) -> None:
+    job = submit(client, COFFEE, [STARRY], {"iterations": 1, **TINY}).json()
+    done = poll(client, job["id"], is_final)
+    assert done["status"] == "succeeded"
+    answer = client.post(f"/jobs/{job['id']}/cancel")
+    assert answer.status_code == 409 and answer.json()["type"] == "/problems/already-finished"
+    assert client.get(f"/jobs/{job['id']}").json()["status"] == "succeeded"  # unchanged

@@ -1,0 +1,45 @@
+"""The worker's background thread: it says the worker is alive, renews the lease of the job it
+runs, and requeues jobs whose worker died (any live worker does this for all)."""
+
+from __future__ import annotations
+
+import logging
+import threading
+
+from worker.celery_app import QUEUE_NAME, TASK_NAME, get_celery_app
+from worker.runner import WorkerContext
+
+log = logging.getLogger(__name__)
+
+
+def beat_once(context: WorkerContext) -> None:
+    store, settings = context.store, context.settings
+    store.heartbeat(context.name)
+    with context.lock:
+        current = context.current
+    if current is not None:
+        job_id, token = current
+        if not store.renew_lease(job_id, token, settings.lease_seconds):
+            log.warning("job %s: lease lost; the run will stop at its next check", job_id)
+    for job_id, outcome in store.reap(settings.max_attempts):
+        if outcome == "requeued":
+            log.warning("job %s: its worker stopped answering; queued again", job_id)
+            get_celery_app().send_task(TASK_NAME, args=[job_id], task_id=job_id, queue=QUEUE_NAME)
+        else:
+            log.warning("job %s: its worker stopped %d times; failed", job_id, settings.max_attempts)
+
+
+def run_heartbeat(context: WorkerContext, stop: threading.Event) -> None:
+    while not stop.is_set():
+        try:
+            beat_once(context)
+        except Exception as exc:  # Redis away, broker away: say so, keep trying
+            log.warning("heartbeat failed: %s", exc)
+        stop.wait(context.settings.worker_heartbeat_seconds)
+
+
+def start_heartbeat(context: WorkerContext) -> threading.Event:
+    """Start the thread; set the returned event to stop it."""
+    stop = threading.Event()
+    threading.Thread(target=run_heartbeat, args=(context, stop), name="nst-heartbeat", daemon=True).start()
+    return stop
