@@ -36,7 +36,9 @@ def check_image(data: bytes, field: str, settings: Settings) -> tuple[int, int]:
     try:
         with Image.open(io.BytesIO(data)) as header:
             width, height = header.size
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError, Image.DecompressionBombError) as exc:
+    except Image.DecompressionBombError as exc:  # Pillow's own, far higher, limit
+        raise Problem(413, "too-many-pixels", "Image too large", f"{field}: {exc}") from exc
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
         raise Problem(415, "not-an-image", "Not an image", f"{field}: not an image this service can read") from exc
     if width * height > settings.max_input_pixels:
         raise Problem(

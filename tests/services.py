@@ -58,7 +58,8 @@ class Service:
         for _ in range(workers):
             self.start_worker()
         self.start_api()
-        self.wait_ready(len(self.workers))
+        if workers:
+            self.wait_ready(len(self.workers))
         return self
 
     def _spawn(self, name: str, *args: str) -> subprocess.Popen[bytes]:

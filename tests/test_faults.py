@@ -26,7 +26,7 @@ def service(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Service]:
         "NST_LEASE_SECONDS": "3",
         "NST_CHECKPOINT_EVERY": "20",
         "NST_MAX_ATTEMPTS": "2",
-        "NST_JOB_TIMEOUT_SECONDS": "10",
+        "NST_JOB_TIMEOUT_SECONDS": "20",  # every other job here ends well within it
     }
     running = Service(tmp_path_factory.mktemp("faults"), env)
     try:
@@ -66,7 +66,7 @@ def never_backwards(seen: list[dict]) -> None:
 def test_a_killed_worker_s_job_resumes_from_its_checkpoint_on_the_next_worker(
     service: Service, client: httpx.Client, store: JobStore
 ) -> None:
-    job = submit(client, COFFEE, [STARRY], {"iterations": 150, **TINY}).json()
+    job = submit(client, COFFEE, [STARRY], {"iterations": 120, **TINY}).json()
     seen: list[dict] = []
     poll(client, job["id"], lambda j: j["progress"]["iteration"] >= 60, timeout=60, seen=seen)
     kill_worker(service)
@@ -78,7 +78,7 @@ def test_a_killed_worker_s_job_resumes_from_its_checkpoint_on_the_next_worker(
     assert store.finished_runs(job["id"]) == 1
     assert store.get(job["id"]).attempts == 2  # type: ignore[union-attr]
     never_backwards(seen)
-    assert [s["iteration"] for s in done["snapshots"]] == [1, 50, 100, 150]
+    assert [s["iteration"] for s in done["snapshots"]] == [1, 50, 100]
     assert "resuming from the checkpoint at iteration" in service.logs(tail=0)
     assert client.get(done["result_url"]).status_code == 200
 
@@ -127,7 +127,7 @@ def test_a_job_whose_input_breaks_fails_readably_and_the_worker_takes_the_next(
 def test_redis_restarted_with_jobs_queued_and_running_loses_none(
     service: Service, client: httpx.Client, store: JobStore
 ) -> None:
-    running = submit(client, COFFEE, [STARRY], {"iterations": 120, **TINY}).json()
+    running = submit(client, COFFEE, [STARRY], {"iterations": 60, **TINY}).json()
     queued = [submit(client, COFFEE, [STARRY], {"iterations": 30, **TINY}).json() for _ in range(2)]
     poll(client, running["id"], lambda j: j["progress"]["iteration"] >= 10, timeout=60)
     assert service.redis is not None
@@ -147,7 +147,7 @@ def test_redis_restarted_with_jobs_queued_and_running_loses_none(
 def test_an_api_restart_mid_job_changes_nothing_for_the_job(
     service: Service, client: httpx.Client, store: JobStore
 ) -> None:
-    job = submit(client, COFFEE, [STARRY], {"iterations": 120, **TINY}).json()
+    job = submit(client, COFFEE, [STARRY], {"iterations": 60, **TINY}).json()
     poll(client, job["id"], lambda j: j["status"] == "running", timeout=60)
     assert service.api is not None
     service.api.send_signal(signal.SIGKILL)
