@@ -36,8 +36,9 @@ def check_image(data: bytes, field: str, settings: Settings) -> tuple[int, int]:
     try:
         with Image.open(io.BytesIO(data)) as header:
             width, height = header.size
-    except Image.DecompressionBombError as exc:  # Pillow's own, far higher, limit
-        raise Problem(413, "too-many-pixels", "Image too large", f"{field}: {exc}") from exc
+    except Image.DecompressionBombError as exc:  # past Pillow's own limit, far above ours
+        detail = f"{field}: more pixels than the {settings.max_input_pixels} allowed"
+        raise Problem(413, "too-many-pixels", "Image too large", detail) from exc
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
         raise Problem(415, "not-an-image", "Not an image", f"{field}: not an image this service can read") from exc
     if width * height > settings.max_input_pixels:

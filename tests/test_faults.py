@@ -166,3 +166,18 @@ def test_cancel_answers_are_defined_in_every_state(client: httpx.Client) -> None
     answer = client.post(f"/jobs/{job['id']}/cancel")
     assert answer.status_code == 409 and answer.json()["type"] == "/problems/already-finished"
     assert client.get(f"/jobs/{job['id']}").json()["status"] == "succeeded"  # unchanged
+
+
+def test_cancel_racing_completion_ends_one_way_or_the_other_never_both(client: httpx.Client, store: JobStore) -> None:
+    for iterations in (1, 3, 8):
+        job = submit(client, COFFEE, [STARRY], {"iterations": iterations, **TINY}).json()
+        poll(client, job["id"], lambda j: j["status"] != "queued", timeout=60)
+        answer = client.post(f"/jobs/{job['id']}/cancel")
+        assert answer.status_code in (202, 409)  # 409 only if it had already succeeded
+        done = poll(client, job["id"], is_final, timeout=60)
+        result = client.get(f"/jobs/{job['id']}/result")
+        if done["status"] == "succeeded":
+            assert result.status_code == 200 and store.finished_runs(job["id"]) == 1
+        else:
+            assert done["status"] == "canceled" and result.status_code == 409
+            assert answer.status_code == 202
