@@ -4,10 +4,13 @@
 
 The reference is written out here as the seed runs it: two forward passes an iteration (one to
 the content layer, one to the deepest style layer), fp32, explicit input normalisation, and the
-best image chosen on the host after every iteration. The engine is `core.transfer` with the same
-parameters. Both use the same random weights (pretrained ones are not needed for timing), and
-both final images are scored with one fp32 objective, so the engine's picture is checked too.
-Prints a table, then one JSON line with reference_ms, engine_ms and speedup.
+best image chosen on the host after every iteration. The engine is `core.stylize` with the same
+parameters and its device's default options (on CUDA: bf16 autocast, torch.compile with CUDA
+graphs, channels_last), after a short warm-up run; where those are not plain fp32 it runs again
+with NST_PRECISION=fp32 NST_COMPILE=0, and checks that the fast path's final loss lies within 3%
+of the fp32 path's. All runs use the same random weights and seed, and every final image is
+scored with one fp32 objective. Prints a table, then one JSON line with reference_ms,
+engine_ms, speedup and the loss gaps.
 """
 
 from __future__ import annotations
@@ -15,7 +18,9 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import os
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -25,6 +30,7 @@ from torch import nn
 
 from core import StyleParams, stylize
 from core.device import resolve_device
+from core.engine import EngineOptions
 from core.images import from_seed_space, image_size, to_seed_space
 from core.layers import CONV_CHANNELS, CONV_INDICES, LAYER_INDEX
 from core.losses import content_loss, gram, style_loss
@@ -129,13 +135,56 @@ def reset_peak(device: torch.device) -> None:
         torch.cuda.reset_peak_memory_stats(device)
 
 
+def describe(options: EngineOptions) -> str:
+    parts = [options.precision, "compiled" if options.compile else "eager"]
+    if options.channels_last:
+        parts.append("channels_last")
+    return "engine: " + ", ".join(parts)
+
+
+def run_engine(
+    name: str,
+    overrides: dict[str, str],
+    content: Image.Image,
+    style: Image.Image,
+    params: StyleParams,
+    device: torch.device,
+    score: Callable[[Image.Image], float],
+) -> tuple[Timing, float]:
+    """core.stylize with `overrides` in the environment: a short run first (compilation, CUDA
+    graph capture, as a worker does when it starts), then the timed one."""
+    saved = {k: os.environ.get(k) for k in overrides}
+    os.environ.update(overrides)
+    try:
+        random = WeightsSource("random")
+        stylize(content, [style], params.model_copy(update={"iterations": 3}), device=device, weights=random)
+        synchronize(device)
+        reset_peak(device)
+        result = stylize(content, [style], params, device=device, weights=random)
+        synchronize(device)
+        ms = result.elapsed / params.iterations * 1e3
+        return Timing(name, ms, peak_mib(device), score(result.image)), ms
+    finally:
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--device", default=None)
     parser.add_argument("--height", type=int, default=384)
     parser.add_argument("--width", type=int, default=512)
     parser.add_argument("--iterations", type=int, default=20)
+    parser.add_argument("--precision", choices=["fp32", "bf16"], default=None, help="the engine's (NST_PRECISION)")
+    parser.add_argument("--compile", choices=["0", "1"], default=None, help="the engine's (NST_COMPILE)")
     args = parser.parse_args()
+    if args.precision:
+        os.environ["NST_PRECISION"] = args.precision
+    if args.compile:
+        os.environ["NST_COMPILE"] = args.compile
     device = resolve_device(args.device)
     params = StyleParams(iterations=args.iterations, height=args.height, width=args.width, seed=0, snapshot_every=50)
     size = (params.height, params.width)
@@ -157,20 +206,15 @@ def main() -> None:
     original = image_size(content_img)
     rows = [Timing("seed: two passes, fp32", ref_s * 1e3, peak_mib(device), score(from_seed_space(best_ref, original)))]
 
-    reset_peak(device)
-    stamps: list[float] = []
-
-    def clock(progress: object) -> None:
-        synchronize(device)
-        stamps.append(time.perf_counter())
-
-    result = stylize(
-        content_img, [style_img], params, device=device, weights=WeightsSource("random"), on_progress=clock,
-        report_every=params.iterations - 1,
-    )  # fmt: skip
-    synchronize(device)
-    engine_s = (time.perf_counter() - stamps[0]) / (params.iterations - 1)
-    rows.append(Timing("engine: core.transfer", engine_s * 1e3, peak_mib(device), score(result.image)))
+    default = EngineOptions.for_device(device)
+    timing, _ = run_engine(describe(default), {}, content_img, style_img, params, device, score)
+    rows.append(timing)
+    fast_gap = None
+    if default.precision != "fp32" or default.compile:
+        exact = {"NST_PRECISION": "fp32", "NST_COMPILE": "0"}
+        timing, _ = run_engine("engine: fp32, eager", exact, content_img, style_img, params, device, score)
+        rows.append(timing)
+        fast_gap = abs(rows[1].final_loss - rows[2].final_loss) / rows[2].final_loss
 
     gflop = conv_gflop(*size)
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else f"cpu ({torch.get_num_threads()} threads)"
@@ -183,6 +227,9 @@ def main() -> None:
         )
     loss_gap = abs(rows[1].final_loss - rows[0].final_loss) / rows[0].final_loss
     print(f"engine's final loss differs from the reference's by {100 * loss_gap:.2f}% (8-bit images, fp32 scoring)")
+    if fast_gap is not None:
+        verdict = "within" if fast_gap <= 0.03 else "NOT within"
+        print(f"fast path's final loss is {100 * fast_gap:.2f}% from the fp32 path's: {verdict} 3%")
     print(
         json.dumps(
             {
@@ -192,6 +239,8 @@ def main() -> None:
                 "engine_ms": round(rows[1].ms_per_iteration, 3),
                 "speedup": round(rows[0].ms_per_iteration / rows[1].ms_per_iteration, 3),
                 "loss_gap": round(loss_gap, 5),
+                "fast_vs_fp32_gap": None if fast_gap is None else round(fast_gap, 5),
+                "peak_mib": None if math.isnan(rows[1].peak_mib) else round(rows[1].peak_mib),
             }
         )
     )

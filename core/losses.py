@@ -12,8 +12,17 @@ import torch
 def gram(features: torch.Tensor) -> torch.Tensor:
     """Unnormalised Gram matrix G = F^T F of a (1, C, H, W) map reshaped to (H*W) x C."""
     channels = features.shape[1]
-    flat = features.float().reshape(channels, -1)
-    return flat @ flat.T
+    # Outside autocast, or the product would be taken in bf16.
+    with torch.autocast(device_type=features.device.type, enabled=False):
+        if (
+            features.dim() == 4
+            and not features.is_contiguous()
+            and features.is_contiguous(memory_format=torch.channels_last)
+        ):
+            flat = features.float().permute(0, 2, 3, 1).reshape(-1, channels)  # (H*W, C): a view, no copy
+            return flat.T @ flat
+        flat = features.float().reshape(channels, -1)
+        return flat @ flat.T
 
 
 def content_loss(features: torch.Tensor, target: torch.Tensor) -> torch.Tensor:

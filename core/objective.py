@@ -1,4 +1,8 @@
-"""The total loss of one job as a module: one VGG pass over the image yields every loss term."""
+"""The total loss of one job: one VGG pass over the image yields every loss term.
+
+`LossFunction` takes the targets as inputs rather than holding them, so that one compiled
+version serves every job of the same working size (core.engine caches it).
+"""
 
 from __future__ import annotations
 
@@ -14,22 +18,18 @@ from core.vgg import VGGFeatures
 # Order of the loss terms in the tensor the objective returns.
 LOSS_TERMS: tuple[str, ...] = ("total", "content", "style", "tv")
 
+Targets = tuple[list[torch.Tensor], list[torch.Tensor]]  # content feature maps, style Grams
 
-class StyleObjective(nn.Module):
+
+class LossFunction(nn.Module):
     """L = alpha * L_content + beta * L_style + tv_weight * L_tv, returned with its parts.
 
     The seed runs the network twice an iteration (once per loss); one pass through the union of
-    the layers computes the same numbers.
+    the layers computes the same numbers. With `bf16`, the convolutions run in bfloat16 under
+    autocast while the Grams and losses stay fp32 (core.losses).
     """
 
-    def __init__(
-        self,
-        extractor: VGGFeatures,
-        params: StyleParams,
-        content: torch.Tensor,
-        styles: Sequence[torch.Tensor],
-        blend_weights: Sequence[float],
-    ) -> None:
+    def __init__(self, extractor: VGGFeatures, params: StyleParams, bf16: bool = False) -> None:
         super().__init__()
         self.extractor = extractor
         self.content_count = len(params.content_layers)
@@ -38,31 +38,44 @@ class StyleObjective(nn.Module):
         self.alpha = params.content_weight
         self.beta = params.style_weight
         self.tv_weight = params.tv_weight
-        with torch.no_grad():
-            content_maps = extractor(content)
-            self.content_targets = [f.detach().float() for f in content_maps[: self.content_count]]
-            # Grams are compared at the working image's size, which the content image has.
-            positions = [f.shape[2] * f.shape[3] for f in content_maps[self.content_count :]]
-            self.style_targets = [torch.zeros(()) for _ in positions]
-            for style, blend in zip(styles, blend_weights, strict=True):
-                style_maps = extractor(style)[self.content_count :]
-                for i, (f, n) in enumerate(zip(style_maps, positions, strict=True)):
-                    self.style_targets[i] = self.style_targets[i] + blend * style_target_gram(f, n)
+        self.bf16 = bf16
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(
+        self, x: torch.Tensor, content_targets: list[torch.Tensor], style_targets: list[torch.Tensor]
+    ) -> torch.Tensor:
         """A 4-vector (total, content, style, tv), fp32, without leaving the device."""
-        maps = self.extractor(x)
+        with torch.autocast(device_type=x.device.type, dtype=torch.bfloat16, enabled=self.bf16):
+            maps = self.extractor(x)
         zero = x.new_zeros((), dtype=torch.float32)
         content = zero
         for weight, f, target in zip(
-            self.content_layer_weights, maps[: self.content_count], self.content_targets, strict=True
+            self.content_layer_weights, maps[: self.content_count], content_targets, strict=True
         ):
             content = content + weight * content_loss(f, target)
         style = zero
-        for weight, f, target in zip(
-            self.style_layer_weights, maps[self.content_count :], self.style_targets, strict=True
-        ):
+        for weight, f, target in zip(self.style_layer_weights, maps[self.content_count :], style_targets, strict=True):
             style = style + weight * style_loss(f, target)
         tv = total_variation(x) if self.tv_weight > 0 else zero
         total = self.alpha * content + self.beta * style + self.tv_weight * tv
         return torch.stack([total, content, style, tv])
+
+
+@torch.no_grad()
+def compute_targets(
+    extractor: VGGFeatures,
+    params: StyleParams,
+    content: torch.Tensor,
+    styles: Sequence[torch.Tensor],
+    blend_weights: Sequence[float],
+) -> Targets:
+    """The content's feature maps and the blended style Grams, in fp32 (computed once a job)."""
+    count = len(params.content_layers)
+    content_maps = extractor(content)
+    content_targets = [f.float().contiguous() for f in content_maps[:count]]
+    # Grams are compared at the working image's size, which the content image has.
+    positions = [f.shape[2] * f.shape[3] for f in content_maps[count:]]
+    style_targets = [torch.zeros((f.shape[1], f.shape[1]), device=content.device) for f in content_maps[count:]]
+    for style, blend in zip(styles, blend_weights, strict=True):
+        for i, (f, n) in enumerate(zip(extractor(style)[count:], positions, strict=True)):
+            style_targets[i] = style_targets[i] + blend * style_target_gram(f, n)
+    return content_targets, style_targets

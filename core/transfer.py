@@ -14,6 +14,7 @@ from PIL import Image
 
 from core.checkpoint import Checkpoint
 from core.device import resolve_device
+from core.engine import EngineOptions, loss_function, mark_iteration
 from core.images import (
     Size,
     from_seed_space,
@@ -24,7 +25,7 @@ from core.images import (
     transfer_luminance,
     working_size,
 )
-from core.objective import LOSS_TERMS, StyleObjective
+from core.objective import LOSS_TERMS, compute_targets
 from core.params import StyleParams
 from core.vgg import vgg_extractor
 from core.weights import WeightsSource
@@ -134,18 +135,30 @@ def stylize(
     content_x = to_seed_space(content, size).to(run_device)
     style_xs = [to_seed_space(s, style_size(image_size(s), size, params)).to(run_device) for s in styles]
 
+    options = EngineOptions.for_device(run_device)
+    layout = options.memory_format
+    content_x = content_x.contiguous(memory_format=layout)
+    style_xs = [s.contiguous(memory_format=layout) for s in style_xs]
     extractor = vgg_extractor(
-        [*params.content_layers, *params.style_layers], pooling=params.pooling, source=source, device=run_device
+        [*params.content_layers, *params.style_layers],
+        pooling=params.pooling,
+        source=source,
+        device=run_device,
+        channels_last=options.channels_last,
     )
-    objective = StyleObjective(extractor, params, content_x, style_xs, blend)
+    targets = compute_targets(extractor, params, content_x, style_xs, blend)
+    loss = loss_function(extractor, params, options)
     if resume is not None:
         if tuple(resume.image.shape[2:]) != size:
             raise ValueError(f"the checkpoint is {tuple(resume.image.shape[2:])}, the job works at {size}")
         seed = resume.seed
-        x = resume.image.to(run_device).requires_grad_(True)
+        start_image = resume.image
     else:
-        x = initial_image(params, content_x, style_xs[0], seed).to(run_device).requires_grad_(True)
-    optimizer = torch.optim.Adam([x], lr=params.learning_rate, betas=ADAM_BETAS, eps=ADAM_EPS)
+        start_image = initial_image(params, content_x, style_xs[0], seed)
+    x = start_image.to(run_device).contiguous(memory_format=layout).requires_grad_(True)
+    optimizer = torch.optim.Adam(
+        [x], lr=params.learning_rate, betas=ADAM_BETAS, eps=ADAM_EPS, fused=run_device.type == "cuda"
+    )
 
     def render(pixels: torch.Tensor) -> Image.Image:
         image = from_seed_space(pixels, original)
@@ -171,8 +184,9 @@ def stylize(
         if should_stop is not None and should_stop():
             stopped = True
             break
+        mark_iteration(options, run_device)
         optimizer.zero_grad(set_to_none=True)
-        losses = objective(x)
+        losses = loss(x, *targets)
         losses[0].backward()
         with torch.no_grad():
             # The image whose loss was measured, before the step (not the seed's quirk of

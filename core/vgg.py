@@ -95,7 +95,7 @@ def fold_normalisation(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor
 
 _cache_lock = threading.Lock()
 _state_cache: dict[WeightsSource, dict[str, torch.Tensor]] = {}
-_network_cache: dict[tuple[WeightsSource, PoolingKind, str], nn.Sequential] = {}
+_network_cache: dict[tuple[WeightsSource, PoolingKind, str, bool], nn.Sequential] = {}
 
 
 def cached_state_dict(source: WeightsSource) -> dict[str, torch.Tensor]:
@@ -106,13 +106,18 @@ def cached_state_dict(source: WeightsSource) -> dict[str, torch.Tensor]:
         return _state_cache[source]
 
 
-def cached_network(source: WeightsSource, pooling: PoolingKind, device: torch.device) -> nn.Sequential:
+def cached_network(
+    source: WeightsSource, pooling: PoolingKind, device: torch.device, channels_last: bool = False
+) -> nn.Sequential:
     """The whole feature stack on `device`, built once per process; jobs share its frozen weights."""
-    key = (source, pooling, str(device))
+    key = (source, pooling, str(device), channels_last)
     state = cached_state_dict(source)
     with _cache_lock:
         if key not in _network_cache:
-            _network_cache[key] = build_features(state, depth=FEATURES_LENGTH, pooling=pooling).to(device)
+            network = build_features(state, depth=FEATURES_LENGTH, pooling=pooling).to(device)
+            if channels_last:
+                network = network.to(memory_format=torch.channels_last)
+            _network_cache[key] = network
         return _network_cache[key]
 
 
@@ -122,12 +127,13 @@ def vgg_extractor(
     pooling: PoolingKind = "avg",
     source: WeightsSource | None = None,
     device: torch.device | str = "cpu",
+    channels_last: bool = False,
 ) -> VGGFeatures:
     """A frozen extractor for `layers`, truncated after the deepest of them."""
     if not layers:
         raise ValueError("no layers requested")
     device = torch.device(device)
-    network = cached_network(source or WeightsSource.from_env(), pooling, device)
+    network = cached_network(source or WeightsSource.from_env(), pooling, device, channels_last)
     depth = max(layer_index(name) for name in layers) + 1
     # Slicing a Sequential shares its modules: truncation copies no weights.
     return VGGFeatures(network[:depth], layers).to(device)

@@ -1,4 +1,4 @@
-"""Loading the network before the first job, so that job does not pay for it."""
+"""Loading the network, and compiling the default size, before the first job takes its time."""
 
 from __future__ import annotations
 
@@ -9,16 +9,29 @@ log = logging.getLogger(__name__)
 
 
 def warm_up(device: str | None) -> str:
-    """Load the weights and run one tiny iteration on `device`; returns the weights label."""
+    """Load the weights; where the engine compiles (CUDA), run two iterations at the default
+    working size so its graph is compiled and captured now. Returns the weights label."""
     from PIL import Image
 
+    from core.device import resolve_device
+    from core.engine import EngineOptions
     from core.params import StyleParams
     from core.transfer import stylize
     from core.weights import WeightsSource
 
     start = time.perf_counter()
     source = WeightsSource.from_env()
-    tiny = Image.new("RGB", (16, 16), (128, 128, 128))
-    stylize(tiny, [tiny], StyleParams(iterations=1, height=16, width=16, seed=0), device=device, weights=source)
-    log.info("weights %s loaded and warmed in %.1f s", source.label, time.perf_counter() - start)
+    run_device = resolve_device(device)
+    options = EngineOptions.for_device(run_device)
+    defaults = StyleParams()
+    if options.compile:
+        params = StyleParams(iterations=2, seed=0)  # the seed's layers, weights and size
+    else:
+        params = StyleParams(iterations=1, height=16, width=16, seed=0)
+    image = Image.new("RGB", (defaults.width, defaults.height), (128, 128, 128))
+    stylize(image, [image], params, device=run_device, weights=source)
+    log.info(
+        "weights %s loaded and %s warmed on %s in %.1f s",
+        source.label, f"{params.height}x{params.width}", run_device, time.perf_counter() - start,
+    )  # fmt: skip
     return source.label
