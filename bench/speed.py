@@ -219,10 +219,10 @@ def main() -> None:
     gflop = conv_gflop(*size)
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else f"cpu ({torch.get_num_threads()} threads)"
     print(f"{name}, torch {torch.__version__}, {size[0]}x{size[1]}, {params.iterations} iterations")
-    print(f"{'way':28} {'ms/iter':>9} {'TFLOP/s':>8} {'peak MiB':>9} {'final loss':>12} {'speedup':>8}")
+    print(f"{'way':36} {'ms/iter':>9} {'TFLOP/s':>8} {'peak MiB':>9} {'final loss':>12} {'speedup':>8}")
     for row in rows:
         print(
-            f"{row.name:28} {row.ms_per_iteration:9.2f} {gflop / row.ms_per_iteration:8.3f} {row.peak_mib:9.0f} "
+            f"{row.name:36} {row.ms_per_iteration:9.2f} {gflop / row.ms_per_iteration:8.3f} {row.peak_mib:9.0f} "
             f"{row.final_loss:12.5g} {rows[0].ms_per_iteration / row.ms_per_iteration:7.2f}x"
         )
     loss_gap = abs(rows[1].final_loss - rows[0].final_loss) / rows[0].final_loss

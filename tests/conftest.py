@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
+import httpx
 import numpy as np
 import pytest
 from PIL import Image
@@ -18,6 +21,13 @@ SAMPLES = ROOT / "examples" / "images"
 def random_weights(monkeypatch: pytest.MonkeyPatch) -> None:
     """Tests ask for random weights explicitly; nothing falls back to them by itself."""
     monkeypatch.setenv("NST_VGG_WEIGHTS", "random")
+
+
+@pytest.fixture
+def client(service: Any) -> Iterator[httpx.Client]:
+    """HTTP to the `service` fixture of the requesting module (a tests.services.Service)."""
+    with httpx.Client(base_url=service.url, timeout=30) as http:
+        yield http
 
 
 @pytest.fixture

@@ -17,6 +17,10 @@ from worker.local import free_port, nst_command, start_redis, stop_processes, wa
 FINAL = ("succeeded", "failed", "canceled")
 
 
+def is_final(job: dict[str, Any]) -> bool:
+    return job["status"] in FINAL
+
+
 @dataclass
 class Service:
     """One Redis, any number of workers, one API, all on 127.0.0.1, logs under `root`."""

@@ -93,3 +93,25 @@ def test_a_failing_compilation_falls_back_to_eager_with_a_warning(
         fallback = stylize(content_image, [style_image], params)
     assert "running eagerly" in caplog.text
     assert eager.losses == fallback.losses
+
+
+def test_compiled_loss_matches_eager_and_is_compiled_once_for_later_jobs(
+    monkeypatch: pytest.MonkeyPatch, content_image: Image.Image, style_image: Image.Image
+) -> None:
+    """torch.compile for real (inductor on the CPU), on a one-convolution network to keep it short."""
+    from torch._dynamo.utils import counters
+
+    params = StyleParams(
+        iterations=4, height=16, width=16, seed=0, content_layers=["conv1_1"], style_layers=["conv1_1"],
+        style_layer_weights=[1.0], tv_weight=0.5,
+    )  # fmt: skip
+    monkeypatch.setenv("NST_COMPILE", "0")
+    eager = stylize(content_image, [style_image], params)
+    monkeypatch.setenv("NST_COMPILE", "1")
+    counters.clear()
+    first = stylize(content_image, [style_image], params)
+    graphs = counters["stats"]["unique_graphs"]
+    later = stylize(content_image, [style_image].copy(), params.model_copy(update={"seed": 7}))  # another job
+    assert graphs >= 1 and counters["stats"]["unique_graphs"] == graphs, "a later job recompiled"
+    assert first.losses is not None and eager.losses is not None and later.losses is not None
+    assert first.losses.total == pytest.approx(eager.losses.total, rel=1e-5)

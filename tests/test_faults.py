@@ -11,7 +11,7 @@ import httpx
 import pytest
 
 from tests.conftest import SAMPLES
-from tests.services import FINAL, Service, poll, submit
+from tests.services import Service, is_final, poll, submit
 from worker.local import start_redis, stop_processes, wait_for_http
 from worker.state import JobStore, content_key
 
@@ -36,18 +36,8 @@ def service(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Service]:
 
 
 @pytest.fixture
-def client(service: Service) -> Iterator[httpx.Client]:
-    with httpx.Client(base_url=service.url, timeout=30) as http:
-        yield http
-
-
-@pytest.fixture
 def store(service: Service) -> JobStore:
     return JobStore.from_url(service.redis_url, 3600)
-
-
-def is_final(job: dict) -> bool:
-    return job["status"] in FINAL
 
 
 def kill_worker(service: Service) -> None:

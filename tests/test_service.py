@@ -15,7 +15,7 @@ from PIL import Image
 
 from core.output import read_metadata
 from tests.conftest import SAMPLES
-from tests.services import FINAL, Service, poll, submit
+from tests.services import Service, is_final, poll, submit
 
 COFFEE = SAMPLES / "coffee.png"  # 600x400
 STARRY = SAMPLES / "starry_night.jpg"
@@ -30,16 +30,6 @@ def service(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Service]:
         yield running.start(workers=1)
     finally:
         running.stop()
-
-
-@pytest.fixture
-def client(service: Service) -> Iterator[httpx.Client]:
-    with httpx.Client(base_url=service.url, timeout=30) as http:
-        yield http
-
-
-def is_final(job: dict) -> bool:
-    return job["status"] in FINAL
 
 
 def assert_problem(answer: httpx.Response, status: int) -> dict:
