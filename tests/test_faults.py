@@ -65,7 +65,7 @@ def test_a_killed_worker_s_job_resumes_from_its_checkpoint_on_the_next_worker(
     service.start_worker()
     done = poll(client, job["id"], is_final, timeout=120, seen=seen)
     assert done["status"] == "succeeded", service.logs()
-    assert store.finished_runs(job["id"]) == 1
+    assert store.completions(job["id"]) == 1
     assert store.get(job["id"]).attempts == 2  # type: ignore[union-attr]
     never_backwards(seen)
     assert [s["iteration"] for s in done["snapshots"]] == [1, 50, 100]
@@ -87,7 +87,7 @@ def test_a_job_that_keeps_killing_its_worker_fails_after_max_attempts(
     done = poll(client, job["id"], is_final, timeout=60)
     assert done["status"] == "failed" and done["error"]["type"] == "/problems/worker-lost"
     assert "2 times" in done["error"]["detail"]
-    assert store.finished_runs(job["id"]) == 0
+    assert store.completions(job["id"]) == 0
 
 
 def test_a_job_past_the_time_limit_fails_cleanly_and_the_worker_goes_on(client: httpx.Client) -> None:
@@ -130,8 +130,12 @@ def test_redis_restarted_with_jobs_queued_and_running_loses_none(
     for job in (running, *queued):
         done = poll(client, job["id"], is_final, timeout=180)
         assert done["status"] == "succeeded", (done, service.logs())
-        assert store.finished_runs(job["id"]) == 1
+        assert store.completions(job["id"]) == 1
     service.wait_ready(1)
+    # The worker took its lapsed lease back after the restart: nothing was run a second time.
+    logs = service.logs(tail=0)
+    assert f"job {running['id']}: its worker stopped answering" not in logs
+    assert f"job {running['id']}: finished, but another run held it" not in logs
 
 
 def test_an_api_restart_mid_job_changes_nothing_for_the_job(
@@ -146,7 +150,7 @@ def test_an_api_restart_mid_job_changes_nothing_for_the_job(
     wait_for_http(f"{service.url}/healthz")
     with httpx.Client(base_url=service.url, timeout=30) as fresh:
         done = poll(fresh, job["id"], is_final, timeout=120)
-    assert done["status"] == "succeeded" and store.finished_runs(job["id"]) == 1
+    assert done["status"] == "succeeded" and store.completions(job["id"]) == 1
 
 
 def test_cancel_answers_are_defined_in_every_state(client: httpx.Client) -> None:
@@ -167,7 +171,7 @@ def test_cancel_racing_completion_ends_one_way_or_the_other_never_both(client: h
         done = poll(client, job["id"], is_final, timeout=60)
         result = client.get(f"/jobs/{job['id']}/result")
         if done["status"] == "succeeded":
-            assert result.status_code == 200 and store.finished_runs(job["id"]) == 1
+            assert result.status_code == 200 and store.completions(job["id"]) == 1
         else:
             assert done["status"] == "canceled" and result.status_code == 409
             assert answer.status_code == 202

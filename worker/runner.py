@@ -264,7 +264,6 @@ def _record_outcome(store: JobStore, job_id: str, result: StyleResult, stop: Sto
     metadata = {"weights": result.weights, "seed": str(result.seed), "best_iteration": str(result.best_iteration)}
     png = encode_image(result.image, "PNG", metadata)
     fields = {"iteration": result.iterations_run, "losses": losses, "eta_seconds": 0.0}
-    until_redis_answers("counting the run", lambda: store.count_finished_run(job_id))
     if until_redis_answers("storing the result", lambda: store.finish(job_id, "succeeded", fields, token, png)):
         log.info("job %s: succeeded in %.1f s", job_id, result.elapsed)
     else:

@@ -74,9 +74,9 @@ def checkpoint_key(job_id: str) -> str:
     return f"{PREFIX}:job:{job_id}:checkpoint"
 
 
-def finished_runs_key(job_id: str) -> str:
-    """How many runs reached the end of the optimisation: 1 for a job that ran once."""
-    return f"{PREFIX}:job:{job_id}:finished-runs"
+def completions_key(job_id: str) -> str:
+    """How many times the job was recorded as succeeded: exactly 1, or the service is wrong."""
+    return f"{PREFIX}:job:{job_id}:completions"
 
 
 def utc_now() -> str:
@@ -154,9 +154,13 @@ redis.call('ZREM', KEYS[4], ARGV[1])
 return {1, status}
 """
 
-# Renew a lease only for the run that holds it. KEYS: lease. ARGV: token, seconds.
+# Renew a lease only for the run that holds the job. A lease that lapsed while Redis was away
+# is taken back if the job still runs under this token (before any reaper requeues it).
+# KEYS: lease, job hash. ARGV: token, seconds.
 _RENEW = """
-if redis.call('GET', KEYS[1]) == ARGV[1] then
+local held = redis.call('GET', KEYS[1])
+if held == ARGV[1] or (not held and redis.call('HGET', KEYS[2], 'run_token') == ARGV[1]
+    and redis.call('HGET', KEYS[2], 'status') == '"running"') then
   return redis.call('SET', KEYS[1], ARGV[1], 'EX', tonumber(ARGV[2]))
 end
 return false
@@ -295,7 +299,8 @@ class JobStore:
         return bool(applied), (old.decode() if old else None)
 
     def renew_lease(self, job_id: str, run_token: str, lease_seconds: int) -> bool:
-        return bool(self._renew(keys=[lease_key(job_id)], args=[json.dumps(run_token), lease_seconds]))
+        keys = [lease_key(job_id), job_key(job_id)]
+        return bool(self._renew(keys=keys, args=[json.dumps(run_token), lease_seconds]))
 
     def reap(self, max_attempts: int) -> list[tuple[str, str]]:
         """Requeue (or fail, past max attempts) running jobs whose worker died; returns what it did."""
@@ -339,15 +344,8 @@ class JobStore:
     def checkpoint(self, job_id: str) -> bytes | None:
         return self.redis.get(checkpoint_key(job_id))
 
-    def count_finished_run(self, job_id: str) -> int:
-        key = finished_runs_key(job_id)
-        pipe = self.redis.pipeline(transaction=True)
-        pipe.incr(key)
-        pipe.expire(key, self.ttl)
-        return int(pipe.execute()[0])
-
-    def finished_runs(self, job_id: str) -> int:
-        return int(self.redis.get(finished_runs_key(job_id)) or 0)
+    def completions(self, job_id: str) -> int:
+        return int(self.redis.get(completions_key(job_id)) or 0)
 
     def dequeue(self, job_id: str) -> None:
         self.redis.zrem(QUEUE_KEY, job_id)
@@ -381,6 +379,9 @@ class JobStore:
             pipe = self.redis.pipeline(transaction=True)
             pipe.srem(RUNNING_KEY, job_id)
             pipe.delete(lease_key(job_id), checkpoint_key(job_id))
+            if status == "succeeded":
+                pipe.incr(completions_key(job_id))
+                pipe.expire(completions_key(job_id), self.ttl)
             pipe.execute()
             self.refresh_expiry(job_id)
         elif result_png is not None:
