@@ -29,7 +29,6 @@ LAYER_INDEX: dict[str, int] = _build_index()
 # What a client may name: the seed's convolution outputs and their ReLUs.
 SELECTABLE_LAYERS: tuple[str, ...] = tuple(n for n in LAYER_INDEX if re.match(r"(conv|relu)\d_\d$", n))
 CONV_INDICES: tuple[int, ...] = tuple(i for n, i in LAYER_INDEX.items() if n.startswith("conv"))
-POOL_INDICES: tuple[int, ...] = tuple(i for n, i in LAYER_INDEX.items() if n.startswith("pool"))
 # Length of torchvision's vgg19().features.
 FEATURES_LENGTH: int = max(LAYER_INDEX.values()) + 1
 

@@ -11,8 +11,6 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from core.weights import WeightsSource
-
 ROOT = Path(__file__).resolve().parent.parent
 SAMPLES = ROOT / "examples" / "images"
 
@@ -28,11 +26,6 @@ def client(service: Any) -> Iterator[httpx.Client]:
     """HTTP to the `service` fixture of the requesting module (a tests.services.Service)."""
     with httpx.Client(base_url=service.url, timeout=30) as http:
         yield http
-
-
-@pytest.fixture
-def random_source() -> WeightsSource:
-    return WeightsSource("random")
 
 
 def gradient_image(width: int, height: int, seed: int = 0) -> Image.Image:

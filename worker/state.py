@@ -405,9 +405,6 @@ class JobStore:
     def request_cancel(self, job_id: str) -> None:
         self.redis.set(cancel_key(job_id), b"1", ex=self.ttl)
 
-    def cancel_requested(self, job_id: str) -> bool:
-        return bool(self.redis.exists(cancel_key(job_id)))
-
     # -- workers ---------------------------------------------------------------------------
     def heartbeat(self, worker: str) -> None:
         self.redis.zadd(WORKERS_KEY, {worker: time.time()})
