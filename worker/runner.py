@@ -63,6 +63,13 @@ def problem(title: str, detail: str, status: int = 500, kind: str = "job-failed"
     return {"type": f"/problems/{kind}", "title": title, "status": status, "detail": detail}
 
 
+def is_out_of_memory(exc: BaseException) -> bool:
+    """CUDA says OutOfMemoryError; the CPU allocator says RuntimeError "can't allocate memory"."""
+    if isinstance(exc, torch.cuda.OutOfMemoryError | MemoryError):
+        return True
+    return isinstance(exc, RuntimeError) and "can't allocate memory" in str(exc)
+
+
 def best_effort(what: str, action: Callable[[], T]) -> T | None:
     """Progress writes must not kill a job while Redis restarts: log and go on."""
     try:
@@ -203,11 +210,11 @@ def _run_claimed(context: WorkerContext, record: JobRecord, weights: WeightsSour
         fail("Job failed", str(exc), 422, "invalid-job")
         log.warning("job %s failed: %s", job_id, exc)
         return
-    except (torch.cuda.OutOfMemoryError, MemoryError):
-        fail("Out of memory", "the device ran out of memory; try a smaller height and width", 507, "out-of-memory")
-        log.warning("job %s: out of memory", job_id)
-        return
     except Exception as exc:
+        if is_out_of_memory(exc):
+            fail("Out of memory", "the device ran out of memory; try a smaller height and width", 507, "out-of-memory")
+            log.warning("job %s: out of memory", job_id)
+            return
         log.exception("job %s: unexpected error", job_id)
         fail("Job failed", f"internal error: {type(exc).__name__}", 500, "job-failed")
         return
