@@ -8,6 +8,7 @@ import os
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from functools import cached_property
 
 import torch
 from PIL import Image
@@ -58,15 +59,24 @@ class Losses:
 
 @dataclass(frozen=True)
 class Progress:
-    """What a caller learns at a report: counts, losses, speed, and the image on request."""
+    """What a caller learns at a report: counts, speed, and losses and image on request.
+
+    The losses stay on the device until read: a caller that skips a report (the worker writes
+    progress at most twice a second) makes the loop wait for nothing.
+    """
 
     iteration: int
     total: int
-    losses: Losses
     elapsed: float
     iterations_per_second: float
     is_snapshot: bool
+    _loss_values: torch.Tensor = field(repr=False, compare=False)
     _render: Callable[[], Image.Image] = field(repr=False, compare=False)
+
+    @cached_property
+    def losses(self) -> Losses:
+        """The loss terms of this iteration (reading them waits for the device)."""
+        return Losses.from_tensor(self._loss_values)
 
     def image(self) -> Image.Image:
         """The image whose losses these are, at the content's original size (made on demand)."""
@@ -206,7 +216,7 @@ def stylize(
                 Progress(
                     iteration=iteration,
                     total=params.iterations,
-                    losses=Losses.from_tensor(losses.detach()),
+                    _loss_values=losses.detach().clone(),  # a CUDA graph reuses its output buffer
                     elapsed=now - start,
                     iterations_per_second=rate,
                     is_snapshot=snapshot,

@@ -137,13 +137,15 @@ class ProgressPublisher:
 
     def __call__(self, progress: Progress) -> None:
         self.shown_iteration = max(self.shown_iteration, progress.iteration)
+        now = time.monotonic()
+        if not progress.is_snapshot and now - self.last_write < PROGRESS_WRITE_SECONDS:
+            return  # nothing read: the losses stay on the device and the loop runs on
         fields = {
             "iteration": self.shown_iteration,
             "losses": progress.losses.public(),
             "iterations_per_second": progress.iterations_per_second,
             "eta_seconds": progress.eta_seconds,
         }
-        now = time.monotonic()
         if progress.is_snapshot:
             metadata = {"weights": self.weights, "iteration": str(progress.iteration)}
             jpeg = encode_image(progress.image(), "JPEG", metadata, JPEG_QUALITY)
@@ -151,10 +153,9 @@ class ProgressPublisher:
                 self.snapshots = sorted([*self.snapshots, progress.iteration])
             fields["snapshots"] = self.snapshots
             best_effort("snapshot", lambda: self.store.add_snapshot(self.job_id, progress.iteration, jpeg, fields))
-            self.last_write = now
-        elif now - self.last_write >= PROGRESS_WRITE_SECONDS:
+        else:
             best_effort("progress", lambda: self.store.update(self.job_id, fields))
-            self.last_write = now
+        self.last_write = now
 
 
 def run_job(job_id: str, context: WorkerContext | None = None) -> None:
