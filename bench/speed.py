@@ -29,9 +29,10 @@ from PIL import Image
 from torch import nn
 
 from core import StyleParams, stylize
+from core.decode import image_size
 from core.device import resolve_device
 from core.engine import EngineOptions
-from core.images import from_seed_space, image_size, to_seed_space
+from core.images import from_seed_space, to_seed_space
 from core.layers import CONV_CHANNELS, CONV_INDICES, LAYER_INDEX
 from core.losses import content_loss, gram, style_loss
 from core.transfer import initial_image

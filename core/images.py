@@ -1,4 +1,4 @@
-"""Images in and out: decoding odd files, working sizes, the seed's pixel space, colour transfer."""
+"""Working sizes, the seed's pixel space and colour transfer (decoding files is core.decode)."""
 
 from __future__ import annotations
 
@@ -6,11 +6,9 @@ import numpy as np
 import torch
 from PIL import Image
 
-from core.decode import Size, image_size, open_image, to_rgb
+from core.decode import Size, image_size
 from core.params import MIN_SIDE, StyleParams
 from core.vgg import CAFFE_MEAN
-
-__all__ = ["Size", "image_size", "open_image", "to_rgb"]
 
 
 def working_size(content: Size, params: StyleParams) -> Size:

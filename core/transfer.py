@@ -14,18 +14,10 @@ import torch
 from PIL import Image
 
 from core.checkpoint import Checkpoint
+from core.decode import Size, image_size, to_rgb
 from core.device import resolve_device
 from core.engine import EngineOptions, loss_function, mark_iteration
-from core.images import (
-    Size,
-    from_seed_space,
-    image_size,
-    style_size,
-    to_rgb,
-    to_seed_space,
-    transfer_luminance,
-    working_size,
-)
+from core.images import from_seed_space, style_size, to_seed_space, transfer_luminance, working_size
 from core.objective import LOSS_TERMS, compute_targets
 from core.params import StyleParams
 from core.vgg import vgg_extractor

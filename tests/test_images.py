@@ -8,8 +8,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from core.decode import open_image
 from core.errors import InvalidImageError
-from core.images import open_image, style_size, transfer_luminance, working_size
+from core.images import style_size, transfer_luminance, working_size
 from core.params import StyleParams
 from tests.conftest import gradient_image
 
