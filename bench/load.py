@@ -28,7 +28,7 @@ import httpx
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from tests.services import Service  # noqa: E402
+from tests.services import serve  # noqa: E402
 
 CONTENT = (ROOT / "examples" / "images" / "chelsea.png").read_bytes()
 STYLE = (ROOT / "examples" / "images" / "starry_night.jpg").read_bytes()
@@ -108,16 +108,13 @@ def main() -> None:
     parser.add_argument("--submissions", type=int, default=500)
     parser.add_argument("--seconds", type=float, default=20)
     args = parser.parse_args()
-    with tempfile.TemporaryDirectory() as tmp:
-        service = Service(Path(tmp), {"NST_MAX_QUEUED_JOBS": str(args.submissions + 10)}).start(workers=0)
-        try:
-            assert service.api is not None
-            before = rss_mib(service.api.pid)
-            polls, submits, elapsed = asyncio.run(run_load(service.url, args.pollers, args.submissions, args.seconds))
-            after = rss_mib(service.api.pid)
-            alive = service.api.poll() is None and httpx.get(f"{service.url}/healthz").status_code == 200
-        finally:
-            service.stop()
+    env = {"NST_MAX_QUEUED_JOBS": str(args.submissions + 10)}
+    with tempfile.TemporaryDirectory() as tmp, serve(Path(tmp), env, workers=0) as service:
+        assert service.api is not None
+        before = rss_mib(service.api.pid)
+        polls, submits, elapsed = asyncio.run(run_load(service.url, args.pollers, args.submissions, args.seconds))
+        after = rss_mib(service.api.pid)
+        alive = service.api.poll() is None and httpx.get(f"{service.url}/healthz").status_code == 200
     print(
         f"one API process, {args.pollers} pollers for {args.seconds:.0f} s + a burst of {args.submissions} submissions"
     )

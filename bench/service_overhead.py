@@ -29,7 +29,7 @@ import httpx
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from tests.services import Service, poll, submit  # noqa: E402
+from tests.services import Service, poll, serve, submit  # noqa: E402
 
 SAMPLES = ROOT / "examples" / "images"
 
@@ -134,24 +134,18 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=10)
     args = parser.parse_args()
     params = {"iterations": args.iterations, "height": args.size, "width": args.size, "seed": 0}
-    with tempfile.TemporaryDirectory() as tmp:
-        service = Service(Path(tmp)).start(workers=1)
-        try:
-            cli_s = time_cli(params, Path(tmp) / "cli.png")
-            http_s, worker_s = time_http(service, params)
-            with httpx.Client(base_url=service.url) as client:
-                done = submit(client, SAMPLES / "coffee.png", [SAMPLES / "starry_night.jpg"], params).json()["id"]
-                poll(client, done, lambda j: j["status"] == "succeeded", timeout=3600)
-                idle = poll_load(f"{service.url}/jobs/{done}", args.pollers, args.seconds)
-                busy_params = params | {"iterations": 20000}
-                busy_id = submit(client, SAMPLES / "coffee.png", [SAMPLES / "starry_night.jpg"], busy_params).json()[
-                    "id"
-                ]
-                poll(client, busy_id, lambda j: j["status"] == "running", timeout=60)
-                busy = poll_load(f"{service.url}/jobs/{busy_id}", args.pollers, args.seconds)
-                client.post(f"/jobs/{busy_id}/cancel")
-        finally:
-            service.stop()
+    images = (SAMPLES / "coffee.png", [SAMPLES / "starry_night.jpg"])
+    with tempfile.TemporaryDirectory() as tmp, serve(Path(tmp)) as service:
+        cli_s = time_cli(params, Path(tmp) / "cli.png")
+        http_s, worker_s = time_http(service, params)
+        with httpx.Client(base_url=service.url) as client:
+            done = submit(client, *images, params).json()["id"]
+            poll(client, done, lambda j: j["status"] == "succeeded", timeout=3600)
+            idle = poll_load(f"{service.url}/jobs/{done}", args.pollers, args.seconds)
+            busy_id = submit(client, *images, params | {"iterations": 20000}).json()["id"]
+            poll(client, busy_id, lambda j: j["status"] == "running", timeout=60)
+            busy = poll_load(f"{service.url}/jobs/{busy_id}", args.pollers, args.seconds)
+            client.post(f"/jobs/{busy_id}/cancel")
     print(f"{args.iterations} iterations at {args.size}x{args.size}, CPU, random weights")
     print(f"{'way':46} {'wall s':>8}")
     print(f"{'nst stylize (fresh process, imports included)':46} {cli_s:8.2f}")

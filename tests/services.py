@@ -5,7 +5,8 @@ from __future__ import annotations
 import os
 import subprocess
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -97,6 +98,16 @@ class Service:
         stop_processes([p for p in (self.api, *self.workers) if p is not None], grace=10)
         if self.redis is not None:
             stop_processes([self.redis])
+
+
+@contextmanager
+def serve(root: Path, extra_env: dict[str, str] | None = None, workers: int = 1) -> Iterator[Service]:
+    """A started Service, stopped on the way out, also when starting it failed half-way."""
+    service = Service(root, extra_env or {})
+    try:
+        yield service.start(workers=workers)
+    finally:
+        service.stop()
 
 
 def submit(

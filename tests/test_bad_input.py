@@ -16,7 +16,7 @@ import pytest
 from PIL import Image
 
 from tests.conftest import SAMPLES, gradient_image
-from tests.services import FINAL, Service, poll
+from tests.services import FINAL, Service, poll, serve
 
 MAX_UPLOAD = 300_000
 COFFEE = (SAMPLES / "coffee.png").read_bytes()  # 466 KB: over this service's per-file limit
@@ -57,11 +57,8 @@ def service(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Service]:
         "NST_MAX_SIDE": "1024",
         "NST_MAX_ITERATIONS": "5000",
     }
-    running = Service(tmp_path_factory.mktemp("bad-input"), env)
-    try:
-        yield running.start(workers=1)
-    finally:
-        running.stop()
+    with serve(tmp_path_factory.mktemp("bad-input"), env, workers=1) as running:
+        yield running
 
 
 @pytest.fixture(scope="module")

@@ -11,7 +11,7 @@ import httpx
 import pytest
 
 from tests.conftest import SAMPLES
-from tests.services import Service, is_final, poll, submit
+from tests.services import Service, is_final, poll, serve, submit
 from worker.local import start_redis, stop_processes, wait_for_http
 from worker.state import JobStore, content_key
 
@@ -28,11 +28,8 @@ def service(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Service]:
         "NST_MAX_ATTEMPTS": "2",
         "NST_JOB_TIMEOUT_SECONDS": "20",  # every other job here ends well within it
     }
-    running = Service(tmp_path_factory.mktemp("faults"), env)
-    try:
-        yield running.start(workers=1)
-    finally:
-        running.stop()
+    with serve(tmp_path_factory.mktemp("faults"), env, workers=1) as running:
+        yield running
 
 
 @pytest.fixture

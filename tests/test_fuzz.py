@@ -13,16 +13,13 @@ import pytest
 import schemathesis
 from hypothesis import HealthCheck, given, settings
 
-from tests.services import Service
+from tests.services import Service, serve
 
 
 @pytest.fixture(scope="module")
 def service(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Service]:
-    running = Service(tmp_path_factory.mktemp("fuzz"), {"NST_MAX_QUEUED_JOBS": "20"})
-    try:
-        yield running.start(workers=0)
-    finally:
-        running.stop()
+    with serve(tmp_path_factory.mktemp("fuzz"), {"NST_MAX_QUEUED_JOBS": "20"}, workers=0) as running:
+        yield running
 
 
 @pytest.fixture(scope="module")

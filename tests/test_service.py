@@ -15,7 +15,7 @@ from PIL import Image
 
 from core.output import read_metadata
 from tests.conftest import SAMPLES
-from tests.services import Service, is_final, poll, submit
+from tests.services import Service, is_final, poll, serve, submit
 
 COFFEE = SAMPLES / "coffee.png"  # 600x400
 STARRY = SAMPLES / "starry_night.jpg"
@@ -25,11 +25,8 @@ LONG = {"iterations": 20000, "height": 32, "width": 32}  # runs until canceled
 
 @pytest.fixture(scope="module")
 def service(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Service]:
-    running = Service(tmp_path_factory.mktemp("service"), {"NST_CORS_ORIGINS": "http://front.example"})
-    try:
-        yield running.start(workers=1)
-    finally:
-        running.stop()
+    with serve(tmp_path_factory.mktemp("service"), {"NST_CORS_ORIGINS": "http://front.example"}, workers=1) as running:
+        yield running
 
 
 def assert_problem(answer: httpx.Response, status: int) -> dict:
