@@ -17,14 +17,9 @@ from core.params import StyleParams
 from worker.settings import Settings
 
 
-def read_upload(upload: UploadFile, field: str, settings: Settings) -> bytes:
-    """The file's bytes (the parser already stopped at NST_MAX_UPLOAD_BYTES; this guards the rest)."""
-    data = upload.file.read(settings.max_upload_bytes + 1)
-    if len(data) > settings.max_upload_bytes:
-        raise Problem(
-            413, "too-large", "Upload too large",
-            f"{field}: {upload.filename or 'the file'} is larger than {settings.max_upload_bytes} bytes",
-        )  # fmt: skip
+def read_upload(upload: UploadFile, field: str) -> bytes:
+    """The file's bytes; api.multipart already refused any over NST_MAX_UPLOAD_BYTES."""
+    data = upload.file.read()
     if not data:
         raise Problem(415, "not-an-image", "Not an image", f"{field}: the file is empty")
     return data

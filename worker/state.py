@@ -304,22 +304,22 @@ class JobStore:
 
     def reap(self, max_attempts: int) -> list[tuple[str, str]]:
         """Requeue (or fail, past max attempts) running jobs whose worker died; returns what it did."""
+        failed = encode_fields(
+            {
+                "status": "failed",
+                "finished_at": utc_now(),
+                "run_token": None,
+                "error": {
+                    "type": "/problems/worker-lost",
+                    "title": "Worker lost",
+                    "status": 500,
+                    "detail": f"the worker running this job stopped {max_attempts} times; giving up",
+                },
+            }
+        )
         outcomes = []
         for raw in self.redis.smembers(RUNNING_KEY):
             job_id = raw.decode()
-            failed = encode_fields(
-                {
-                    "status": "failed",
-                    "finished_at": utc_now(),
-                    "run_token": None,
-                    "error": {
-                        "type": "/problems/worker-lost",
-                        "title": "Worker lost",
-                        "status": 500,
-                        "detail": f"the worker running this job stopped {max_attempts} times; giving up",
-                    },
-                }
-            )
             keys = [job_key(job_id), lease_key(job_id), RUNNING_KEY, QUEUE_KEY]
             outcome = self._reap(keys=keys, args=[job_id, max_attempts, json.dumps(failed)]).decode()
             if outcome in ("requeued", "failed"):

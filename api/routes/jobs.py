@@ -103,12 +103,12 @@ def accept_job(
 ) -> JobRecord:
     """Check everything, store the job and its inputs, then queue it; nothing is kept on error."""
     job_params = parse_params(params, len(styles), settings)
-    content_bytes = read_upload(content, "content", settings)
+    content_bytes = read_upload(content, "content")
     check_image(content_bytes, "content", settings)
     style_bytes = []
     for index, upload in enumerate(styles):
         field = "style" if len(styles) == 1 else f"style[{index}]"
-        data = read_upload(upload, field, settings)
+        data = read_upload(upload, field)
         check_image(data, field, settings)
         style_bytes.append(data)
     if store.queued_count() >= settings.max_queued_jobs:
