@@ -9,18 +9,23 @@ from contextlib import asynccontextmanager
 from fastapi import FastAPI
 from fastapi.middleware.cors import CORSMiddleware
 
+from api.event_hub import EventHub
 from api.limits import BodySizeLimit
+from api.openapi import install_openapi
 from api.problems import install_problem_handlers
-from api.routes import health, jobs
+from api.reader import JobReader
+from api.routes import events, health, images, jobs, web
 from worker.celery_app import make_celery_app
 from worker.settings import Settings, get_settings
 from worker.state import JobStore
 
 DESCRIPTION = """
 Neural style transfer (Gatys et al., VGG-19) as a job queue. `POST /jobs` with a content photo,
-one or more style images and optional parameters; poll `GET /jobs/{id}` to watch progress,
-losses and snapshots (every 50 iterations); fetch `GET /jobs/{id}/result` when it has succeeded.
-Errors are `application/problem+json`.
+one or more style images and optional parameters; watch `GET /jobs/{id}/events` (Server-Sent
+Events) or poll `GET /jobs/{id}` (with `If-None-Match`) for progress, losses and snapshots
+(every 50 iterations); fetch `GET /jobs/{id}/result` when it has succeeded. Errors are
+`application/problem+json`; each `type` links to a page that explains it. A web page to try it
+is at `/`.
 """
 
 
@@ -29,23 +34,39 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        hub = EventHub(settings.redis_url, app.state.reader)
+        app.state.hub = hub
+        hub.start()
         yield
+        await hub.stop()
+        await app.state.reader.close()
         app.state.store.redis.close()
 
-    app = FastAPI(title="neural-style-service", version="0.1.0", description=DESCRIPTION, lifespan=lifespan)
+    app = FastAPI(
+        title="neural-style-service",
+        version="0.1.0",
+        description=DESCRIPTION,
+        lifespan=lifespan,
+        docs_url=None,  # served by api.routes.web from the project's own files
+        redoc_url=None,
+        separate_input_output_schemas=False,
+    )
     app.state.settings = settings
     app.state.store = JobStore.from_url(settings.redis_url, settings.job_ttl_seconds)
+    app.state.reader = JobReader.from_url(settings.redis_url)
     app.state.celery = make_celery_app(settings)
     install_problem_handlers(app)
-    app.include_router(jobs.router)
-    app.include_router(health.router)
+    install_openapi(app)
+    for module in (jobs, images, events, health, web):
+        app.include_router(module.router)
+    web.mount_static(app)
     if settings.cors_origin_list:
         app.add_middleware(
             CORSMiddleware,
             allow_origins=settings.cors_origin_list,
             allow_methods=["GET", "POST"],
             allow_headers=["*"],
-            expose_headers=["Location", "Retry-After", "X-Iteration"],
+            expose_headers=["Location", "Retry-After", "X-Iteration", "ETag"],
         )
     # Every file at its limit, plus room for the form's other fields and boundaries.
     app.add_middleware(BodySizeLimit, max_bytes=settings.max_upload_bytes * (settings.max_styles + 1) + 1_000_000)

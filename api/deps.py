@@ -1,37 +1,50 @@
-"""Dependencies the routes declare: the settings, the job store and the Celery app of this process."""
+"""Dependencies the routes declare: the settings, the job store (writes), the reader (async reads),
+the event hub and the Celery app of this process."""
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import Annotated, Any
 
 from celery import Celery
 from fastapi import Depends, Request
 
+from api.event_hub import EventHub
 from api.problems import not_found
+from api.reader import JobReader
 from worker.settings import Settings
-from worker.state import JobRecord, JobStore, is_job_id
+from worker.state import JobStore
 
 
-def _settings(request: Request) -> Settings:
+async def _settings(request: Request) -> Settings:
     return request.app.state.settings
 
 
-def _store(request: Request) -> JobStore:
+async def _store(request: Request) -> JobStore:
     return request.app.state.store
 
 
-def _celery(request: Request) -> Celery:
+async def _reader(request: Request) -> JobReader:
+    return request.app.state.reader
+
+
+async def _hub(request: Request) -> EventHub:
+    return request.app.state.hub
+
+
+async def _celery(request: Request) -> Celery:
     return request.app.state.celery
 
 
 SettingsDep = Annotated[Settings, Depends(_settings)]
 StoreDep = Annotated[JobStore, Depends(_store)]
+ReaderDep = Annotated[JobReader, Depends(_reader)]
+HubDep = Annotated[EventHub, Depends(_hub)]
 CeleryDep = Annotated[Celery, Depends(_celery)]
 
 
-def load_job(job_id: str, store: JobStore) -> JobRecord:
-    """The job, or 404: ids that cannot be ours never reach Redis."""
-    record = store.get(job_id) if is_job_id(job_id) else None
+async def load_record(job_id: str, reader: JobReader) -> dict[str, Any]:
+    """The job's decoded record, or 404: ids that cannot be ours never reach Redis."""
+    record = await reader.record(job_id)
     if record is None:
         raise not_found()
     return record

@@ -7,6 +7,7 @@ import json
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from api.problems import PROBLEM_MEDIA_TYPE
+from worker.problem_types import problem_type_uri
 
 
 class BodySizeLimit:
@@ -51,7 +52,7 @@ class BodySizeLimit:
     async def _refuse(self, scope: Scope, send: Send) -> None:
         body = json.dumps(
             {
-                "type": "/problems/too-large",
+                "type": problem_type_uri("too-large"),
                 "title": "Request too large",
                 "status": 413,
                 "detail": f"the request body is larger than {self.max_bytes} bytes",

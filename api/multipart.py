@@ -11,7 +11,7 @@ from starlette.datastructures import FormData, Headers, UploadFile
 from starlette.formparsers import MultiPartException, MultiPartParser
 from starlette.requests import Request
 
-from api.problems import Problem, validation_problem
+from api.problems import Problem, file_problem, validation_problem
 from worker.settings import Settings
 
 MAX_TEXT_FIELD_BYTES = 64 * 1024  # `params` is a small JSON object
@@ -20,7 +20,7 @@ FORM_FIELDS = ("content", "style", "params")
 
 class FileTooLarge(MultiPartException):
     def __init__(self, field: str, limit: int) -> None:
-        super().__init__(f"{field}: the file is larger than {limit} bytes")
+        super().__init__(f"the file is larger than {limit} bytes")
         self.field = field
 
 
@@ -42,8 +42,10 @@ class LimitedMultiPartParser(MultiPartParser):
     def on_part_data(self, data: bytes, start: int, end: int) -> None:
         if self._current_part.file is not None:
             self._file_bytes += end - start
-            if self._file_bytes > self.max_file_bytes:
-                raise FileTooLarge(self._current_part.field_name, self.max_file_bytes)
+            name = self._current_part.field_name
+            limit = MAX_TEXT_FIELD_BYTES if name == "params" else self.max_file_bytes
+            if self._file_bytes > limit:
+                raise FileTooLarge(name, limit)
         super().on_part_data(data, start, end)
 
 
@@ -56,12 +58,12 @@ async def read_job_form(request: Request, settings: Settings) -> FormData:
             "send multipart/form-data with the fields content, style (one or more) and params",
         )  # fmt: skip
     parser = LimitedMultiPartParser(
-        request.headers, request, max_file_bytes=settings.max_upload_bytes, max_files=settings.max_styles + 1
-    )
+        request.headers, request, max_file_bytes=settings.max_upload_bytes, max_files=settings.max_styles + 2
+    )  # the content, the styles, and params when it comes as a JSON part
     try:
         form = await parser.parse()
     except FileTooLarge as exc:
-        raise Problem(413, "too-large", "Upload too large", str(exc)) from exc
+        raise file_problem(413, "too-large", "Upload too large", exc.field, str(exc)) from exc
     except MultiPartException as exc:
         message = str(exc)
         if message.startswith(("Too many", "Part exceeded")):
@@ -81,8 +83,21 @@ def form_files(form: FormData, field: str) -> list[UploadFile]:
     return [v for v in values if isinstance(v, UploadFile)]
 
 
-def form_text(form: FormData, field: str) -> str | None:
+async def form_text(form: FormData, field: str) -> str | None:
+    """A text field; also sent as a part of its own with a content type (application/json, as
+    generated clients send an object), when it is no larger than a text field may be."""
     values = form.getlist(field)
-    if len(values) > 1 or any(not isinstance(v, str) for v in values):
-        raise validation_problem([{"field": field, "message": "give it once, as a text field"}])
-    return values[0] if values else None  # type: ignore[return-value]
+    if len(values) > 1:
+        raise validation_problem([{"field": field, "message": "give it once"}])
+    if not values:
+        return None
+    value = values[0]
+    if isinstance(value, str):
+        return value
+    data = await value.read(MAX_TEXT_FIELD_BYTES + 1)
+    if len(data) > MAX_TEXT_FIELD_BYTES:
+        raise Problem(413, "too-many-parts", "Request too large", f"{field}: larger than {MAX_TEXT_FIELD_BYTES} bytes")
+    try:
+        return data.decode()
+    except UnicodeDecodeError as exc:
+        raise validation_problem([{"field": field, "message": "must be UTF-8 text"}]) from exc

@@ -10,6 +10,8 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from worker.problem_types import problem_type_uri
+
 PROBLEM_MEDIA_TYPE = "application/problem+json"
 
 
@@ -27,6 +29,7 @@ class Problem(Exception):
         **extra: Any,
     ) -> None:
         super().__init__(detail)
+        problem_type_uri(kind)  # an unknown kind fails where it is raised, in the tests
         self.status = status
         self.kind = kind
         self.title = title
@@ -36,7 +39,7 @@ class Problem(Exception):
 
     def body(self, instance: str | None = None) -> dict[str, Any]:
         body: dict[str, Any] = {
-            "type": f"/problems/{self.kind}",
+            "type": problem_type_uri(self.kind),
             "title": self.title,
             "status": self.status,
             "detail": self.detail,
@@ -54,6 +57,11 @@ def problem_response(problem: Problem, instance: str | None = None) -> JSONRespo
 
 def not_found(what: str = "job") -> Problem:
     return Problem(404, "not-found", "Not found", f"no such {what}")
+
+
+def file_problem(status: int, kind: str, title: str, field: str, message: str) -> Problem:
+    """A problem with one upload, named in `errors` as validation problems name their fields."""
+    return Problem(status, kind, title, f"{field}: {message}", errors=[{"field": field, "message": message}])
 
 
 def validation_problem(errors: list[dict[str, Any]], detail: str | None = None) -> Problem:

@@ -1,12 +1,36 @@
-"""What clients see of a job (spec/api.md), built from the record in Redis."""
+"""The shapes clients see (spec/api.md), as models for the OpenAPI document.
+
+The read path builds these shapes as plain dicts (`api.views`) for speed; the tests validate its
+answers against these models, so the document and the answers cannot drift apart.
+"""
 
 from __future__ import annotations
 
-from typing import Any
+from datetime import datetime
+from typing import Any, Literal
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, ConfigDict, Field
 
-from worker.state import JobRecord, JobStatus
+from core.params import StyleParams
+from worker.keys import JobStatus
+
+
+class FieldError(BaseModel):
+    field: str = Field(description='what caused it: "content", "style[1]", "params.iterations", ...')
+    message: str
+
+
+class Problem(BaseModel):
+    """An RFC 9457 problem: every error of this API, and a failed job's `error`, has this shape."""
+
+    model_config = ConfigDict(extra="allow")
+
+    type: str = Field(description="a URI reference naming the kind of problem; GET it for a page that explains it")
+    title: str
+    status: int
+    detail: str = Field(description="what went wrong and what to change")
+    instance: str | None = Field(None, description="the path that answered")
+    errors: list[FieldError] | None = Field(None, description="for invalid requests and uploads: each cause")
 
 
 class JobProgress(BaseModel):
@@ -29,40 +53,19 @@ class SnapshotLink(BaseModel):
 class JobPublic(BaseModel):
     id: str
     status: JobStatus
-    created_at: str
-    started_at: str | None
-    finished_at: str | None
-    params: dict[str, Any] = Field(description="the effective parameters, defaults filled in")
+    created_at: datetime
+    started_at: datetime | None
+    finished_at: datetime | None
+    params: StyleParams = Field(description="the effective parameters, defaults filled in")
     progress: JobProgress
     losses: JobLosses | None
     eta_seconds: float | None
     queue_position: int | None = Field(description="1 for the next job to start; null unless queued")
+    cancel_requested: bool = Field(description="a cancel of this running job is pending; it stops within a second")
     snapshots: list[SnapshotLink]
     result_url: str | None
-    error: dict[str, Any] | None = Field(description="a problem object when the job failed")
+    error: Problem | None = Field(description="why the job failed; null unless it failed")
     weights: str | None = Field(description='"imagenet", "random" or the weights file that made the images')
-
-    @classmethod
-    def from_record(cls, record: JobRecord, queue_position: int | None) -> JobPublic:
-        base = f"/jobs/{record.id}"
-        return cls(
-            id=record.id,
-            status=record.status,
-            created_at=record.created_at,
-            started_at=record.started_at,
-            finished_at=record.finished_at,
-            params=record.params,
-            progress=JobProgress(
-                iteration=record.iteration, total=record.total, fraction=round(record.iteration / record.total, 6)
-            ),
-            losses=JobLosses(**record.losses) if record.losses else None,
-            eta_seconds=None if record.status != "running" else record.eta_seconds,
-            queue_position=queue_position if record.status == "queued" else None,
-            snapshots=[SnapshotLink(iteration=i, url=f"{base}/snapshots/{i}") for i in record.snapshots],
-            result_url=f"{base}/result" if record.status == "succeeded" else None,
-            error=record.error,
-            weights=record.weights,
-        )
 
 
 class JobList(BaseModel):
@@ -70,6 +73,32 @@ class JobList(BaseModel):
     next_cursor: str | None = Field(description="pass as ?cursor= for the next page; null on the last")
 
 
+class LossHistory(BaseModel):
+    """The losses at every progress write of the job, as columns of equal length."""
+
+    iteration: list[int]
+    total: list[float]
+    content: list[float] = Field(description="content loss before alpha")
+    style: list[float] = Field(description="style loss before beta")
+
+
+class UploadLimits(BaseModel):
+    max_styles: int
+    max_upload_bytes: int = Field(description="per file")
+    max_input_pixels: int = Field(description="width x height of an upload")
+
+
+class ParameterSchema(BaseModel):
+    """What a form needs to offer every parameter: its JSON Schema (this service's limits applied)."""
+
+    parameters: dict[str, Any] = Field(description="JSON Schema of the `params` object, with defaults and limits")
+    limits: UploadLimits
+
+
+class Health(BaseModel):
+    status: Literal["ok"]
+
+
 class Readiness(BaseModel):
-    redis: str
-    workers: int
+    redis: Literal["ok"]
+    workers: int = Field(description="workers that reported in the last few heartbeats")

@@ -10,7 +10,7 @@ from PIL import Image, UnidentifiedImageError
 from pydantic import ValidationError
 from starlette.datastructures import UploadFile
 
-from api.problems import Problem, pydantic_errors, validation_problem
+from api.problems import file_problem, pydantic_errors, validation_problem
 from core.decode import open_image
 from core.errors import InvalidImageError
 from core.params import StyleParams
@@ -21,7 +21,7 @@ def read_upload(upload: UploadFile, field: str) -> bytes:
     """The file's bytes; api.multipart already refused any over NST_MAX_UPLOAD_BYTES."""
     data = upload.file.read()
     if not data:
-        raise Problem(415, "not-an-image", "Not an image", f"{field}: the file is empty")
+        raise file_problem(415, "not-an-image", "Not an image", field, "the file is empty")
     return data
 
 
@@ -32,19 +32,17 @@ def check_image(data: bytes, field: str, settings: Settings) -> tuple[int, int]:
         with Image.open(io.BytesIO(data)) as header:
             width, height = header.size
     except Image.DecompressionBombError as exc:  # past Pillow's own limit, far above ours
-        detail = f"{field}: more pixels than the {settings.max_input_pixels} allowed"
-        raise Problem(413, "too-many-pixels", "Image too large", detail) from exc
+        message = f"more pixels than the {settings.max_input_pixels} allowed"
+        raise file_problem(413, "too-many-pixels", "Image too large", field, message) from exc
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
-        raise Problem(415, "not-an-image", "Not an image", f"{field}: not an image this service can read") from exc
+        raise file_problem(415, "not-an-image", "Not an image", field, "not an image this service can read") from exc
     if width * height > settings.max_input_pixels:
-        raise Problem(
-            413, "too-many-pixels", "Image too large",
-            f"{field}: {width}x{height} pixels is more than the {settings.max_input_pixels} allowed",
-        )  # fmt: skip
+        message = f"{width}x{height} pixels is more than the {settings.max_input_pixels} allowed"
+        raise file_problem(413, "too-many-pixels", "Image too large", field, message)
     try:
         open_image(data)
     except InvalidImageError as exc:
-        raise Problem(415, "not-an-image", "Not an image", f"{field}: the image cannot be decoded") from exc
+        raise file_problem(415, "not-an-image", "Not an image", field, "the image cannot be decoded") from exc
     return width, height
 
 

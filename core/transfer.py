@@ -117,8 +117,8 @@ def stylize(
     """Optimise an image with `content`'s content and `styles`' style.
 
     `on_progress` is called at iteration 1 and every `params.snapshot_every` iterations (and,
-    with `report_every`, that often too, `is_snapshot` telling which); `should_stop` is asked
-    before every iteration and ends the run cleanly with the best image so far.
+    with `report_every`, that often and at the last iteration too, `is_snapshot` telling which);
+    `should_stop` is asked before every iteration and ends the run cleanly with the best image so far.
     `on_checkpoint` receives the whole state every `checkpoint_every` iterations; `resume`
     continues from such a checkpoint as if the run had never stopped.
     """
@@ -199,7 +199,8 @@ def stylize(
             best_iteration = torch.where(better, iteration, best_iteration)
         iterations_run = iteration
         snapshot = params.is_snapshot(iteration)
-        if on_progress is not None and (snapshot or (report_every and iteration % report_every == 0)):
+        reported = report_every and (iteration % report_every == 0 or iteration == params.iterations)
+        if on_progress is not None and (snapshot or reported):
             now = time.perf_counter()
             rate = (iteration - last_iteration) / max(now - last_time, 1e-9)
             last_time, last_iteration = now, iteration

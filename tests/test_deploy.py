@@ -104,6 +104,9 @@ def test_api_image_commands_work_in_a_fresh_venv_without_torch(
         wait_for_http(f"http://127.0.0.1:{port}/healthz", api, timeout=60)
         answer = httpx.get(f"http://127.0.0.1:{port}/readyz")
         assert answer.status_code == 503 and answer.json()["type"] == "/problems/no-workers"
+        # The page and the docs' files are package data: an installed copy serves them too.
+        for path in ("/", "/static/vendor/swagger-ui-bundle.js", "/static/vendor/redoc.standalone.js", "/docs"):
+            assert httpx.get(f"http://127.0.0.1:{port}{path}").status_code == 200, path
     finally:
         stop_processes([api])
 

@@ -12,8 +12,9 @@ import pytest
 
 from tests.conftest import SAMPLES
 from tests.services import Service, is_final, poll, serve, submit
+from worker.keys import content_key
 from worker.local import start_redis, stop_processes, wait_for_http
-from worker.state import JobStore, content_key
+from worker.state import JobStore
 
 COFFEE = SAMPLES / "coffee.png"
 STARRY = SAMPLES / "starry_night.jpg"
@@ -93,6 +94,9 @@ def test_a_job_past_the_time_limit_fails_cleanly_and_the_worker_goes_on(client: 
     done = poll(client, slow["id"], is_final, timeout=60)
     assert done["status"] == "failed" and done["error"]["type"] == "/problems/timeout"
     assert "time limit" in done["error"]["detail"]
+    no_result = client.get(f"/jobs/{slow['id']}/result").json()
+    assert no_result["status"] == 409 and no_result["type"] == "/problems/no-result"
+    assert no_result["detail"].startswith("the job failed: the job ran past the time limit")
     assert poll(client, after["id"], is_final)["status"] == "succeeded"
 
 

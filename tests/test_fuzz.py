@@ -34,6 +34,9 @@ OPERATIONS = [
     ("POST", "/jobs/{job_id}/cancel"),
     ("GET", "/jobs/{job_id}/snapshots/{iteration}"),
     ("GET", "/jobs/{job_id}/result"),
+    ("GET", "/jobs/{job_id}/events"),
+    ("GET", "/jobs/{job_id}/losses"),
+    ("GET", "/parameters"),
     ("GET", "/healthz"),
     ("GET", "/readyz"),
 ]

@@ -29,8 +29,10 @@ from core.output import encode_image
 from core.params import StyleParams
 from core.transfer import Progress, StyleResult, stylize
 from core.weights import WeightsSource
+from worker.keys import JobRecord, history_line, utc_now
+from worker.problem_types import problem_type_uri
 from worker.settings import Settings, get_settings
-from worker.state import JobRecord, JobStore, utc_now
+from worker.state import JobStore
 
 log = logging.getLogger(__name__)
 
@@ -60,7 +62,7 @@ def worker_context() -> WorkerContext:
 
 def problem(title: str, detail: str, status: int = 500, kind: str = "job-failed") -> dict[str, object]:
     """An RFC 9457 problem object, as the API's errors are."""
-    return {"type": f"/problems/{kind}", "title": title, "status": status, "detail": detail}
+    return {"type": problem_type_uri(kind), "title": title, "status": status, "detail": detail}
 
 
 def is_out_of_memory(exc: BaseException) -> bool:
@@ -124,37 +126,46 @@ class StopCheck:
 
 
 class ProgressPublisher:
-    """`on_progress` for core: snapshots as JPEGs, progress, losses and ETA, into Redis. What
-    clients see never goes backwards, also when a resumed run repeats iterations."""
+    """`on_progress` for core: snapshots as JPEGs, progress, losses and ETA, into Redis with an
+    event each and a line of loss history. What clients see never goes backwards, also when a
+    resumed run repeats iterations."""
 
     def __init__(self, store: JobStore, record: JobRecord, weights: str) -> None:
         self.store = store
         self.job_id = record.id
+        self.total = record.total
         self.snapshots = sorted(record.snapshots)
         self.shown_iteration = record.iteration
         self.weights = weights
         self.last_write = 0.0
 
     def __call__(self, progress: Progress) -> None:
+        advanced = progress.iteration > self.shown_iteration
         self.shown_iteration = max(self.shown_iteration, progress.iteration)
         now = time.monotonic()
-        if not progress.is_snapshot and now - self.last_write < PROGRESS_WRITE_SECONDS:
+        last = progress.iteration >= self.total  # the history and the watchers get the last point too
+        if not progress.is_snapshot and not last and now - self.last_write < PROGRESS_WRITE_SECONDS:
             return  # nothing read: the losses stay on the device and the loop runs on
-        fields = {
+        losses = progress.losses.public()
+        fields: dict[str, object] = {
             "iteration": self.shown_iteration,
-            "losses": progress.losses.public(),
+            "losses": losses,
             "iterations_per_second": progress.iterations_per_second,
             "eta_seconds": progress.eta_seconds,
         }
+        event = {**fields, "total": self.total}
+        # A resumed run repeats iterations: the history keeps only the first run's point for each.
+        history = history_line(progress.iteration, losses) if advanced else None
+        snapshot = None
         if progress.is_snapshot:
             metadata = {"weights": self.weights, "iteration": str(progress.iteration)}
-            jpeg = encode_image(progress.image(), "JPEG", metadata, JPEG_QUALITY)
+            snapshot = (progress.iteration, encode_image(progress.image(), "JPEG", metadata, JPEG_QUALITY))
             if progress.iteration not in self.snapshots:
                 self.snapshots = sorted([*self.snapshots, progress.iteration])
             fields["snapshots"] = self.snapshots
-            best_effort("snapshot", lambda: self.store.add_snapshot(self.job_id, progress.iteration, jpeg, fields))
-        else:
-            best_effort("progress", lambda: self.store.update(self.job_id, fields))
+        best_effort(
+            "progress", lambda: self.store.publish(self.job_id, fields, event, snapshot=snapshot, history=history)
+        )
         self.last_write = now
 
 

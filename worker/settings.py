@@ -27,6 +27,7 @@ class Settings(BaseSettings):
     worker_heartbeat_seconds: float = Field(5.0, gt=0, description="how often a worker says it is alive")
     lease_seconds: int = Field(30, ge=2, description="a running job whose worker is silent this long is requeued")
     max_attempts: int = Field(3, ge=1, description="runs of one job (worker crashes) before it fails")
+    sse_heartbeat_seconds: float = Field(15.0, gt=0, description="a comment line on an idle event stream this often")
     checkpoint_every: int = Field(200, ge=1, description="iterations between checkpoints a crashed job resumes from")
 
     @property

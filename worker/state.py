@@ -1,130 +1,61 @@
-"""Every Redis key of the service and the job record: the one place api/ and worker/ share.
+"""Writes of job state (and the worker's reads), synchronous: the worker and the API's submit and cancel.
 
-A job is a hash `nst:job:{id}` whose fields each hold one JSON value, so that the worker's
-progress writes and the API's cancel touch different fields and never overwrite each other.
-Status changes go through one Lua script, atomic in Redis: a job that was canceled while queued
-cannot be started, and a finished job cannot be reopened.
+The key layout and the job record are in `worker/keys.py`. Status changes go through Lua scripts,
+atomic in Redis: a job that was canceled while queued cannot be started, and a finished job
+cannot be reopened. Every change a watcher cares about (a status, progress, a snapshot) adds an
+entry to the job's event stream in the same transaction, so a client that sees an event can read
+what it announces.
 """
 
 from __future__ import annotations
 
 import json
-import re
-import secrets
 import time
-from datetime import UTC, datetime
-from typing import Any, Literal
+from typing import Any
 
 import redis
-from pydantic import BaseModel, Field
 
-JobStatus = Literal["queued", "running", "succeeded", "failed", "canceled"]
-TERMINAL: frozenset[str] = frozenset({"succeeded", "failed", "canceled"})
+from worker.keys import (
+    EVENTS_MAXLEN,
+    JOBS_KEY,
+    QUEUE_KEY,
+    RUNNING_KEY,
+    SEQUENCE_KEY,
+    WORKERS_KEY,
+    EventKind,
+    JobRecord,
+    JobStatus,
+    cancel_key,
+    checkpoint_key,
+    completions_key,
+    content_key,
+    encode_fields,
+    events_key,
+    job_key,
+    lease_key,
+    losses_key,
+    result_key,
+    snapshot_key,
+    style_key,
+    utc_now,
+)
+from worker.problem_types import problem_type_uri
 
-PREFIX = "nst"
-QUEUE_KEY = f"{PREFIX}:queue"  # sorted set: queued job ids by submission order
-JOBS_KEY = f"{PREFIX}:jobs"  # sorted set: every job id by submission order, for listing
-SEQUENCE_KEY = f"{PREFIX}:sequence"  # counter giving each job its order
-WORKERS_KEY = f"{PREFIX}:workers"  # sorted set: worker name -> last heartbeat (unix time)
-RUNNING_KEY = f"{PREFIX}:running"  # set: ids of running jobs, each held by a lease
+# Appended to every script that reports a change: one stream entry, and the stream's expiry.
+_EMIT = """
+local function emit(stream, data, maxlen, ttl)
+  redis.call('XADD', stream, 'MAXLEN', '~', maxlen, '*', 'type', 'status', 'data', data)
+  redis.call('EXPIRE', stream, ttl)
+end
+"""
 
-_ID_PATTERN = re.compile(r"[0-9a-f]{32}")
-
-
-def new_job_id() -> str:
-    """128 random bits: unguessable, and safe in a URL and a Redis key."""
-    return secrets.token_hex(16)
-
-
-def is_job_id(value: str) -> bool:
-    """Whether `value` could be one of our ids; anything else is answered 404 without Redis."""
-    return _ID_PATTERN.fullmatch(value) is not None
-
-
-def job_key(job_id: str) -> str:
-    return f"{PREFIX}:job:{job_id}"
-
-
-def content_key(job_id: str) -> str:
-    return f"{PREFIX}:job:{job_id}:content"
-
-
-def style_key(job_id: str, index: int) -> str:
-    return f"{PREFIX}:job:{job_id}:style:{index}"
-
-
-def snapshot_key(job_id: str, iteration: int) -> str:
-    return f"{PREFIX}:job:{job_id}:snapshot:{iteration}"
-
-
-def result_key(job_id: str) -> str:
-    return f"{PREFIX}:job:{job_id}:result"
-
-
-def cancel_key(job_id: str) -> str:
-    return f"{PREFIX}:job:{job_id}:cancel"
-
-
-def lease_key(job_id: str) -> str:
-    """Exists while a worker runs the job; it renews it. Gone: the worker died."""
-    return f"{PREFIX}:job:{job_id}:lease"
-
-
-def checkpoint_key(job_id: str) -> str:
-    return f"{PREFIX}:job:{job_id}:checkpoint"
-
-
-def completions_key(job_id: str) -> str:
-    """How many times the job was recorded as succeeded: exactly 1, or the service is wrong."""
-    return f"{PREFIX}:job:{job_id}:completions"
-
-
-def utc_now() -> str:
-    return datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
-
-
-class JobRecord(BaseModel):
-    """What Redis holds about a job (images apart)."""
-
-    id: str
-    status: JobStatus = "queued"
-    created_at: str = Field(default_factory=utc_now)
-    started_at: str | None = None
-    finished_at: str | None = None
-    params: dict[str, Any]
-    style_count: int
-    sequence: int = 0
-    iteration: int = 0
-    losses: dict[str, float] | None = None
-    iterations_per_second: float | None = None
-    eta_seconds: float | None = None
-    snapshots: list[int] = Field(default_factory=list)
-    error: dict[str, Any] | None = None
-    weights: str | None = None
-    attempts: int = 0
-    worker: str | None = None
-    run_token: str | None = None  # names the attempt that holds the job; stale runs see it change
-
-    @property
-    def total(self) -> int:
-        return int(self.params["iterations"])
-
-    def to_redis(self) -> dict[str, str]:
-        return {name: json.dumps(value) for name, value in self.model_dump().items()}
-
-    @classmethod
-    def from_redis(cls, fields: dict[bytes, bytes]) -> JobRecord:
-        return cls.model_validate({k.decode(): json.loads(v) for k, v in fields.items()})
-
-
-def encode_fields(fields: dict[str, Any]) -> dict[str, str]:
-    return {name: json.dumps(value) for name, value in fields.items()}
-
-
-# KEYS[1] job hash; ARGV[1] JSON list of statuses allowed now; ARGV[2] JSON object of fields
-# (each value already JSON); ARGV[3] the run_token the job must hold (JSON), or "" for any.
+# KEYS: job hash, event stream. ARGV[1] JSON list of statuses allowed now; ARGV[2] JSON object of
+# fields (each value already JSON); ARGV[3] the run_token the job must hold (JSON), or "" for any;
+# ARGV[4] the status event's data, or "" for none; ARGV[5] stream length; ARGV[6] its TTL.
 # Returns {1, old status} when applied, {0, old status} when not, {0, false} for no job.
-_TRANSITION = """
+_TRANSITION = (
+    _EMIT
+    + """
 local current = redis.call('HGET', KEYS[1], 'status')
 if not current then return {0, false} end
 local status = cjson.decode(current)
@@ -134,15 +65,20 @@ for _, allowed in ipairs(cjson.decode(ARGV[1])) do
     for name, value in pairs(cjson.decode(ARGV[2])) do
       redis.call('HSET', KEYS[1], name, value)
     end
+    if ARGV[4] ~= '' then emit(KEYS[2], ARGV[4], ARGV[5], ARGV[6]) end
     return {1, status}
   end
 end
 return {0, status}
 """
+)
 
-# Claim a queued job for one run. KEYS: job hash, lease, running set, queue. ARGV: job id, fields
-# (JSON object of JSON values, run_token among them), the token, lease seconds.
-_CLAIM = """
+# Claim a queued job for one run. KEYS: job hash, lease, running set, queue, event stream. ARGV:
+# job id, fields (JSON object of JSON values, run_token among them), the token, lease seconds,
+# the status event's data, stream length, its TTL.
+_CLAIM = (
+    _EMIT
+    + """
 local current = redis.call('HGET', KEYS[1], 'status')
 if not current then return {0, false} end
 local status = cjson.decode(current)
@@ -151,8 +87,10 @@ for name, value in pairs(cjson.decode(ARGV[2])) do redis.call('HSET', KEYS[1], n
 redis.call('SET', KEYS[2], ARGV[3], 'EX', tonumber(ARGV[4]))
 redis.call('SADD', KEYS[3], ARGV[1])
 redis.call('ZREM', KEYS[4], ARGV[1])
+emit(KEYS[5], ARGV[5], ARGV[6], ARGV[7])
 return {1, status}
 """
+)
 
 # Renew a lease only for the run that holds the job. A lease that lapsed while Redis was away
 # is taken back if the job still runs under this token (before any reaper requeues it).
@@ -167,9 +105,12 @@ return false
 """
 
 # A running job whose lease has gone: its worker died. Queue it again at its old place, or fail
-# it after max attempts. KEYS: job hash, lease, running set, queue. ARGV: job id, max attempts,
-# the failed fields (JSON object of JSON values). Returns 'alive', 'gone', 'requeued', 'failed'.
-_REAP = """
+# it after max attempts. KEYS: job hash, lease, running set, queue, event stream. ARGV: job id,
+# max attempts, the failed fields (JSON object of JSON values), the failed and the requeued
+# events' data, stream length, its TTL. Returns 'alive', 'gone', 'requeued', 'failed'.
+_REAP = (
+    _EMIT
+    + """
 local current = redis.call('HGET', KEYS[1], 'status')
 if not current or cjson.decode(current) ~= 'running' then
   redis.call('SREM', KEYS[3], ARGV[1])
@@ -180,12 +121,34 @@ redis.call('SREM', KEYS[3], ARGV[1])
 local attempts = tonumber(redis.call('HGET', KEYS[1], 'attempts'))
 if attempts >= tonumber(ARGV[2]) then
   for name, value in pairs(cjson.decode(ARGV[3])) do redis.call('HSET', KEYS[1], name, value) end
+  emit(KEYS[5], ARGV[4], ARGV[6], ARGV[7])
   return 'failed'
 end
 redis.call('HSET', KEYS[1], 'status', cjson.encode('queued'), 'run_token', 'null')
 redis.call('ZADD', KEYS[4], tonumber(redis.call('HGET', KEYS[1], 'sequence')), ARGV[1])
+emit(KEYS[5], ARGV[5], ARGV[6], ARGV[7])
 return 'requeued'
 """
+)
+
+# Ask a running job to stop: only while it runs, so a cancel racing the job's end changes nothing.
+# KEYS: job hash, cancel flag, event stream. ARGV: the event's data, stream length, TTL.
+_REQUEST_CANCEL = (
+    _EMIT
+    + """
+local current = redis.call('HGET', KEYS[1], 'status')
+if not current or cjson.decode(current) ~= 'running' then return 0 end
+redis.call('SET', KEYS[2], '1', 'EX', tonumber(ARGV[3]))
+redis.call('HSET', KEYS[1], 'cancel_requested', 'true')
+emit(KEYS[3], ARGV[1], ARGV[2], ARGV[3])
+return 1
+"""
+)
+
+
+def status_event(status: str, **extra: Any) -> str:
+    """The data of a status entry in a job's event stream."""
+    return json.dumps({"status": status, **extra})
 
 
 class JobStore:
@@ -198,6 +161,7 @@ class JobStore:
         self._claim = client.register_script(_CLAIM)
         self._renew = client.register_script(_RENEW)
         self._reap = client.register_script(_REAP)
+        self._request_cancel = client.register_script(_REQUEST_CANCEL)
 
     @classmethod
     def from_url(cls, url: str, ttl_seconds: int) -> JobStore:
@@ -217,6 +181,7 @@ class JobStore:
             pipe.set(style_key(record.id, index), style, ex=self.ttl)
         pipe.zadd(QUEUE_KEY, {record.id: sequence})
         pipe.zadd(JOBS_KEY, {record.id: sequence})
+        self._emit(pipe, record.id, "status", status_event("queued"))
         pipe.execute()
         return record
 
@@ -226,6 +191,7 @@ class JobStore:
     def forget(self, job_id: str, style_count: int) -> None:
         """Remove a job that could not be queued (the broker refused it)."""
         keys = [job_key(job_id), content_key(job_id), *(style_key(job_id, i) for i in range(style_count))]
+        keys.append(events_key(job_id))
         pipe = self.redis.pipeline(transaction=True)
         pipe.delete(*keys)
         pipe.zrem(QUEUE_KEY, job_id)
@@ -242,58 +208,37 @@ class JobStore:
         rank = self.redis.zrank(QUEUE_KEY, job_id)
         return None if rank is None else int(rank) + 1
 
-    def list_jobs(self, limit: int, before: int | None) -> tuple[list[JobRecord], int | None]:
-        """Newest first, below sequence number `before`; returns the jobs and the next cursor."""
-        upper = f"({before}" if before is not None else "+inf"
-        records: list[JobRecord] = []
-        while len(records) < limit:
-            rows = self.redis.zrevrangebyscore(
-                JOBS_KEY, upper, "-inf", start=0, num=limit - len(records), withscores=True
-            )
-            if not rows:
-                return records, None
-            for raw_id, score in rows:
-                upper = f"({int(score)}"
-                record = self.get(raw_id.decode())
-                if record is None:  # expired: drop it from the listing for good
-                    self.redis.zrem(JOBS_KEY, raw_id)
-                    continue
-                records.append(record)
-        more = self.redis.zrevrangebyscore(JOBS_KEY, upper, "-inf", start=0, num=1)
-        return records, (records[-1].sequence if more else None)
-
     def inputs(self, job_id: str, style_count: int) -> tuple[bytes, list[bytes]] | None:
         values = self.redis.mget([content_key(job_id), *(style_key(job_id, i) for i in range(style_count))])
         if any(v is None for v in values):
             return None
         return values[0], list(values[1:])
 
-    def snapshot(self, job_id: str, iteration: int) -> bytes | None:
-        return self.redis.get(snapshot_key(job_id, iteration))
-
-    def result(self, job_id: str) -> bytes | None:
-        return self.redis.get(result_key(job_id))
-
-    # -- changes ---------------------------------------------------------------------------
     def transition(
         self, job_id: str, allowed: list[str], fields: dict[str, Any], run_token: str | None = None
     ) -> tuple[bool, str | None]:
         """Apply `fields` only if the job's status is in `allowed` (and, given `run_token`, the
-        job is still held by that run); returns (applied, old status)."""
+        job is still held by that run); returns (applied, old status). A new status is reported
+        in the job's event stream."""
         token = json.dumps(run_token) if run_token is not None else ""
+        event = status_event(fields["status"]) if "status" in fields else ""
         applied, old = self._transition(
-            keys=[job_key(job_id)], args=[json.dumps(allowed), json.dumps(encode_fields(fields)), token]
+            keys=[job_key(job_id), events_key(job_id)],
+            args=[json.dumps(allowed), json.dumps(encode_fields(fields)), token, event, EVENTS_MAXLEN, self.ttl],
         )
         return bool(applied), (old.decode() if old else None)
 
     def claim(self, job_id: str, fields: dict[str, Any], run_token: str, lease_seconds: int) -> tuple[bool, str | None]:
         """queued -> running for one run, with its lease, atomically; (claimed, old status)."""
-        keys = [job_key(job_id), lease_key(job_id), RUNNING_KEY, QUEUE_KEY]
+        keys = [job_key(job_id), lease_key(job_id), RUNNING_KEY, QUEUE_KEY, events_key(job_id)]
         args = [
             job_id,
             json.dumps(encode_fields({**fields, "run_token": run_token})),
             json.dumps(run_token),
             lease_seconds,
+            status_event("running", attempt=fields.get("attempts")),
+            EVENTS_MAXLEN,
+            self.ttl,
         ]
         applied, old = self._claim(keys=keys, args=args)
         return bool(applied), (old.decode() if old else None)
@@ -310,18 +255,19 @@ class JobStore:
                 "finished_at": utc_now(),
                 "run_token": None,
                 "error": {
-                    "type": "/problems/worker-lost",
+                    "type": problem_type_uri("worker-lost"),
                     "title": "Worker lost",
                     "status": 500,
                     "detail": f"the worker running this job stopped {max_attempts} times; giving up",
                 },
             }
         )
+        events = [status_event("failed"), status_event("queued"), EVENTS_MAXLEN, self.ttl]
         outcomes = []
         for raw in self.redis.smembers(RUNNING_KEY):
             job_id = raw.decode()
-            keys = [job_key(job_id), lease_key(job_id), RUNNING_KEY, QUEUE_KEY]
-            outcome = self._reap(keys=keys, args=[job_id, max_attempts, json.dumps(failed)]).decode()
+            keys = [job_key(job_id), lease_key(job_id), RUNNING_KEY, QUEUE_KEY, events_key(job_id)]
+            outcome = self._reap(keys=keys, args=[job_id, max_attempts, json.dumps(failed), *events]).decode()
             if outcome in ("requeued", "failed"):
                 outcomes.append((job_id, outcome))
         return outcomes
@@ -350,16 +296,33 @@ class JobStore:
     def dequeue(self, job_id: str) -> None:
         self.redis.zrem(QUEUE_KEY, job_id)
 
-    def update(self, job_id: str, fields: dict[str, Any]) -> None:
-        self.redis.hset(job_key(job_id), mapping=encode_fields(fields))
-
-    def add_snapshot(self, job_id: str, iteration: int, jpeg: bytes, fields: dict[str, Any]) -> None:
-        """The image and the progress that names it, in one transaction: a client that sees the
-        snapshot listed can fetch it."""
+    def publish(
+        self,
+        job_id: str,
+        fields: dict[str, Any],
+        event: dict[str, Any],
+        *,
+        snapshot: tuple[int, bytes] | None = None,
+        history: str | None = None,
+    ) -> None:
+        """A progress write in one transaction: the job's fields, a progress event, a line of
+        loss history, and a snapshot's image with its event, so that a client that sees the
+        snapshot listed (or announced) can fetch it."""
         pipe = self.redis.pipeline(transaction=True)
-        pipe.set(snapshot_key(job_id, iteration), jpeg, ex=self.ttl)
+        if snapshot is not None:
+            pipe.set(snapshot_key(job_id, snapshot[0]), snapshot[1], ex=self.ttl)
         pipe.hset(job_key(job_id), mapping=encode_fields(fields))
+        if history:
+            pipe.append(losses_key(job_id), history)
+            pipe.expire(losses_key(job_id), self.ttl)
+        self._emit(pipe, job_id, "progress", json.dumps(event))
+        if snapshot is not None:
+            self._emit(pipe, job_id, "snapshot", json.dumps({"iteration": snapshot[0]}))
         pipe.execute()
+
+    def _emit(self, pipe: redis.client.Pipeline, job_id: str, kind: EventKind, data: str) -> None:
+        pipe.xadd(events_key(job_id), {"type": kind, "data": data}, maxlen=EVENTS_MAXLEN, approximate=True)
+        pipe.expire(events_key(job_id), self.ttl)
 
     def finish(
         self,
@@ -393,7 +356,7 @@ class JobStore:
         record = self.get(job_id)
         if record is None:
             return
-        keys = [job_key(job_id), content_key(job_id), result_key(job_id)]
+        keys = [job_key(job_id), content_key(job_id), result_key(job_id), events_key(job_id), losses_key(job_id)]
         keys += [style_key(job_id, i) for i in range(record.style_count)]
         keys += [snapshot_key(job_id, i) for i in record.snapshots]
         pipe = self.redis.pipeline(transaction=False)
@@ -402,8 +365,12 @@ class JobStore:
         pipe.delete(cancel_key(job_id))
         pipe.execute()
 
-    def request_cancel(self, job_id: str) -> None:
-        self.redis.set(cancel_key(job_id), b"1", ex=self.ttl)
+    def request_cancel(self, job_id: str) -> bool:
+        """Ask the running job to stop (its run sees the flag within CHECK_SECONDS); False if it
+        is no longer running."""
+        keys = [job_key(job_id), cancel_key(job_id), events_key(job_id)]
+        event = status_event("running", cancel_requested=True)
+        return bool(self._request_cancel(keys=keys, args=[event, EVENTS_MAXLEN, self.ttl]))
 
     # -- workers ---------------------------------------------------------------------------
     def heartbeat(self, worker: str) -> None:

@@ -4,24 +4,29 @@ from __future__ import annotations
 
 from fastapi import APIRouter
 
-from api.deps import SettingsDep, StoreDep
+from api.deps import ReaderDep, SettingsDep
+from api.openapi import problems
 from api.problems import Problem
-from api.schemas import Readiness
+from api.schemas import Health, Readiness
 
 router = APIRouter(tags=["health"])
 
 
-@router.get("/healthz")
-async def healthz() -> dict[str, str]:
+@router.get("/healthz", operation_id="get_health")
+async def healthz() -> Health:
     """200 while the process serves."""
-    return {"status": "ok"}
+    return Health(status="ok")
 
 
-@router.get("/readyz", responses={503: {"description": "Redis or every worker is away"}})
-def readyz(store: StoreDep, settings: SettingsDep) -> Readiness:
+@router.get(
+    "/readyz",
+    operation_id="get_readiness",
+    responses=problems(e503="Redis is not answering, or no worker has reported lately"),
+)
+async def readyz(reader: ReaderDep, settings: SettingsDep) -> Readiness:
     """200 when Redis answers and at least one worker is alive, else 503."""
-    store.redis.ping()
-    workers = store.live_workers(3 * settings.worker_heartbeat_seconds)
+    await reader.redis.ping()
+    workers = await reader.live_workers(3 * settings.worker_heartbeat_seconds)
     if not workers:
         raise Problem(503, "no-workers", "No workers", "no worker has reported in the last few seconds")
-    return Readiness(redis="ok", workers=len(workers))
+    return Readiness(redis="ok", workers=workers)

@@ -1,10 +1,12 @@
-"""The job resource: submit, read, list, cancel, and the snapshot and result images."""
+"""The job resource: submit, read, list and cancel."""
 
 from __future__ import annotations
 
+import hashlib
 import logging
-from typing import Annotated
+from typing import Annotated, Any
 
+import orjson
 from celery import Celery
 from fastapi import APIRouter, Query, Request
 from fastapi.responses import Response
@@ -12,85 +14,87 @@ from kombu.exceptions import OperationalError
 from starlette.concurrency import run_in_threadpool
 from starlette.datastructures import UploadFile
 
-from api.deps import CeleryDep, SettingsDep, StoreDep, load_job
+from api.deps import CeleryDep, ReaderDep, SettingsDep, StoreDep
 from api.multipart import form_files, form_text, read_job_form
-from api.problems import Problem, validation_problem
+from api.openapi import SUBMIT_BODY, UNAVAILABLE, problems
+from api.problems import Problem, not_found, validation_problem
+from api.reader import JobReader
 from api.schemas import JobList, JobPublic
 from api.uploads import check_image, parse_params, read_upload
+from api.views import job_url, job_view
 from worker.celery_app import QUEUE_NAME, TASK_NAME
+from worker.keys import JobRecord, is_job_id, new_job_id, utc_now
 from worker.settings import Settings
-from worker.state import JobRecord, JobStore, new_job_id, utc_now
+from worker.state import JobStore
 
 log = logging.getLogger(__name__)
 router = APIRouter(prefix="/jobs", tags=["jobs"])
 
-PARAMS_HELP = (
-    'A JSON object of parameters, e.g. {"iterations": 500, "style_weight": 1e4}; unknown names are '
-    "rejected. Names and defaults: iterations 2500, height 384, width 512, keep_aspect false, "
-    "content_weight 1, style_weight 1000, learning_rate 2, content_layers [conv4_2], "
-    "content_layer_weights [1], style_layers [conv1_1..conv5_1], style_layer_weights [0.5,1,1.5,3,4], "
-    "init blend|content|style|noise, noise_ratio 0.7, pooling avg|max, tv_weight 0, "
-    "style_blend_weights (one per style), style_scale 1, preserve_colors false, seed null, snapshot_every 50."
-)
-ERRORS = {
-    404: {"description": "no such job"},
-    413: {"description": "an upload or the request is too large"},
-    415: {"description": "an upload is not an image"},
-    422: {"description": "invalid parameters"},
-    429: {"description": "too many queued jobs; see Retry-After"},
-    503: {"description": "the job store or queue is not answering"},
+LOCATION = {"Location": {"description": "the job's URL", "schema": {"type": "string"}}}
+IF_NONE_MATCH = {
+    "name": "If-None-Match",
+    "in": "header",
+    "required": False,
+    "description": "an ETag this job answered with: 304 while it is unchanged",
+    "schema": {"type": "string"},
+}
+ETAG = {
+    "ETag": {
+        "description": "send it back in If-None-Match: 304 while the job is unchanged",
+        "schema": {"type": "string"},
+    }
 }
 
 
-def public(record: JobRecord, store: JobStore) -> JobPublic:
+def json_response(data: Any, status_code: int = 200, headers: dict[str, str] | None = None) -> Response:
+    body = orjson.dumps(data)
+    return Response(body, status_code=status_code, media_type="application/json", headers=headers)
+
+
+def view_of(record: JobRecord, store: JobStore) -> dict[str, Any]:
+    """The job as clients see it, from the sync store (the write routes)."""
     position = store.queue_position(record.id) if record.status == "queued" else None
-    return JobPublic.from_record(record, position)
+    return job_view(record.model_dump(), None if position is None else position - 1)
 
 
-SUBMIT_BODY = {
-    "required": True,
-    "content": {
-        "multipart/form-data": {
-            "schema": {
-                "type": "object",
-                "required": ["content", "style"],
-                "properties": {
-                    "content": {"type": "string", "format": "binary", "description": "the content photo"},
-                    "style": {
-                        "type": "array",
-                        "items": {"type": "string", "format": "binary"},
-                        "description": "one or more style images (repeat the field)",
-                    },
-                    "params": {"type": "string", "description": PARAMS_HELP},
-                },
-            }
-        }
-    },
-}
-
-
-@router.post("", status_code=202, responses=ERRORS, openapi_extra={"requestBody": SUBMIT_BODY})
-async def submit_job(
-    request: Request, store: StoreDep, settings: SettingsDep, celery: CeleryDep, response: Response
-) -> JobPublic:
+@router.post(
+    "",
+    status_code=202,
+    operation_id="submit_job",
+    response_model=JobPublic,
+    responses={202: {"description": "queued", "headers": LOCATION}}
+    | problems(
+        e413="an upload, a field or the whole request is too large",
+        e415="the body is not multipart/form-data, or an upload is not an image",
+        e422="a missing or unknown field, or invalid parameters (`errors` lists each)",
+        e429="too many queued jobs; see Retry-After",
+        e503=UNAVAILABLE,
+    ),
+    openapi_extra={"requestBody": SUBMIT_BODY},
+)
+async def submit_job(request: Request, store: StoreDep, settings: SettingsDep, celery: CeleryDep) -> Response:
     """Queue a style transfer job; answers 202 with the job and its URL in Location."""
     form = await read_job_form(request, settings)
     try:
         contents = form_files(form, "content")
         styles = form_files(form, "style")
-        params = form_text(form, "params")
+        params = await form_text(form, "params")
         missing = [name for name, given in (("content", contents), ("style", styles)) if not given]
         if missing or len(contents) > 1:
             errors = [{"field": name, "message": "a file is required"} for name in missing]
             if len(contents) > 1:
                 errors.append({"field": "content", "message": "give exactly one content image"})
             raise validation_problem(errors)
+        if len(styles) > settings.max_styles:
+            raise Problem(
+                413, "too-many-parts", "Request too large", f"at most {settings.max_styles} style images per job"
+            )
         # Decoding and Redis are blocking work: off the event loop.
         record = await run_in_threadpool(accept_job, store, settings, celery, contents[0], styles, params)
+        job = await run_in_threadpool(view_of, record, store)
     finally:
         await form.close()
-    response.headers["Location"] = f"/jobs/{record.id}"
-    return public(record, store)
+    return json_response(job, 202, {"Location": job_url(record.id)})
 
 
 def accept_job(
@@ -123,82 +127,87 @@ def accept_job(
     except OperationalError as exc:
         store.forget(record.id, record.style_count)
         log.error("could not queue job %s: %s", record.id, exc)
-        raise Problem(503, "unavailable", "Service unavailable", "the job queue is not answering; try again") from exc
+        raise Problem(
+            503, "unavailable", "Service unavailable", "the job queue is not answering; try again",
+            headers={"Retry-After": "5"},
+        ) from exc  # fmt: skip
     return record
 
 
-@router.get("", responses=ERRORS)
-def list_jobs(
-    store: StoreDep,
+@router.get(
+    "",
+    operation_id="list_jobs",
+    response_model=JobList,
+    responses=problems(e422="a bad limit or cursor", e503=UNAVAILABLE),
+)
+async def list_jobs(
+    reader: ReaderDep,
     limit: Annotated[int, Query(ge=1, le=100, description="jobs per page")] = 20,
     cursor: Annotated[str | None, Query(max_length=20, pattern=r"^\d+$", description="next_cursor of a page")] = None,
-) -> JobList:
+) -> Response:
     """Jobs, newest first, a page at a time."""
-    records, next_cursor = store.list_jobs(limit, int(cursor) if cursor else None)
-    return JobList(
-        items=[public(r, store) for r in records], next_cursor=None if next_cursor is None else str(next_cursor)
-    )
+    jobs, next_cursor = await reader.list_jobs(limit, int(cursor) if cursor else None)
+    return json_response({"items": jobs, "next_cursor": None if next_cursor is None else str(next_cursor)})
 
 
-@router.get("/{job_id}", responses=ERRORS)
-def get_job(job_id: str, store: StoreDep) -> JobPublic:
+def matches(if_none_match: str | None, etag: str) -> bool:
+    """If-None-Match against our (strong) ETag, weak comparison as RFC 9110 asks for GET."""
+    if not if_none_match:
+        return False
+    candidates = [tag.strip().removeprefix("W/") for tag in if_none_match.split(",")]
+    return etag in candidates or "*" in candidates
+
+
+@router.get(
+    "/{job_id}",
+    operation_id="get_job",
+    response_model=JobPublic,
+    responses={
+        200: {"description": "the job", "headers": ETAG},
+        304: {"description": "unchanged since the ETag in If-None-Match", "headers": ETAG},
+    }
+    | problems(e404="no such job", e503=UNAVAILABLE),
+    openapi_extra={"parameters": [IF_NONE_MATCH]},
+)
+async def get_job(job_id: str, request: Request) -> Response:
     """The job: status, progress, losses, ETA, queue position, snapshot and result URLs."""
-    return public(load_job(job_id, store), store)
+    # The most frequent request of all (every poll): no dependency to solve, one HGETALL.
+    reader: JobReader = request.app.state.reader
+    job = await reader.job(job_id)
+    if job is None:
+        raise not_found()
+    body = orjson.dumps(job)
+    etag = f'"{hashlib.blake2b(body, digest_size=16).hexdigest()}"'
+    headers = {"ETag": etag, "Cache-Control": "no-cache"}
+    if matches(request.headers.get("if-none-match"), etag):
+        return Response(status_code=304, headers=headers)
+    return Response(body, media_type="application/json", headers=headers)
 
 
-@router.post("/{job_id}/cancel", status_code=202, responses=ERRORS | {409: {"description": "already finished"}})
-def cancel_job(job_id: str, store: StoreDep) -> JobPublic:
-    """Cancel a job: a queued one never starts, a running one stops within a second."""
-    record = load_job(job_id, store)
+@router.post(
+    "/{job_id}/cancel",
+    status_code=202,
+    operation_id="cancel_job",
+    response_model=JobPublic,
+    responses=problems(e404="no such job", e409="the job has already succeeded or failed", e503=UNAVAILABLE),
+)
+def cancel_job(job_id: str, store: StoreDep) -> Response:
+    """Cancel a job: a queued one never starts; a running one stops within a second, and says
+    `cancel_requested` until it has."""
+    record = store.get(job_id) if is_job_id(job_id) else None
+    if record is None:
+        raise not_found()
     applied, status = store.transition(job_id, ["queued"], {"status": "canceled", "finished_at": utc_now()})
     if applied:
         store.dequeue(job_id)
         store.refresh_expiry(job_id)
     elif status == "running":
         store.request_cancel(job_id)
-    elif status in ("succeeded", "failed"):
-        raise Problem(409, "already-finished", "Job already finished", f"the job has {status}; nothing to cancel")
-    record = load_job(job_id, store)
-    return public(record, store)
-
-
-@router.get(
-    "/{job_id}/snapshots/{iteration}",
-    response_class=Response,
-    responses=ERRORS | {200: {"content": {"image/jpeg": {}}, "description": "the snapshot, at the content's size"}},
-)
-def get_snapshot(job_id: str, iteration: str, store: StoreDep) -> Response:
-    """A snapshot as JPEG; `latest` names the newest."""
-    record = load_job(job_id, store)
-    if iteration == "latest":
-        if not record.snapshots:
-            raise Problem(404, "not-found", "Not found", "the job has no snapshot yet")
-        number = record.snapshots[-1]
-    elif iteration.isdigit() and len(iteration) <= 6 and int(iteration) in record.snapshots:
-        number = int(iteration)
-    else:
-        raise Problem(404, "not-found", "Not found", f"no snapshot {iteration[:20]!r} for this job")
-    data = store.snapshot(job_id, number)
-    if data is None:
-        raise Problem(404, "not-found", "Not found", "the snapshot has expired")
-    cache = "no-cache" if iteration == "latest" else "private, max-age=86400, immutable"
-    return Response(data, media_type="image/jpeg", headers={"Cache-Control": cache, "X-Iteration": str(number)})
-
-
-@router.get(
-    "/{job_id}/result",
-    response_class=Response,
-    responses=ERRORS
-    | {200: {"content": {"image/png": {}}, "description": "the result"}, 409: {"description": "not succeeded"}},
-)
-def get_result(job_id: str, store: StoreDep) -> Response:
-    """The result as PNG at the content's original size; 409 until the job has succeeded."""
-    record = load_job(job_id, store)
-    if record.status != "succeeded":
+    record = store.get(job_id)
+    if record is None:
+        raise not_found()
+    if record.status in ("succeeded", "failed"):
         raise Problem(
-            409, "not-finished", "No result", f"the job is {record.status}; the result exists once it succeeds"
+            409, "already-finished", "Job already finished", f"the job has {record.status}; nothing to cancel"
         )
-    data = store.result(job_id)
-    if data is None:
-        raise Problem(404, "not-found", "Not found", "the result has expired")
-    return Response(data, media_type="image/png", headers={"Content-Disposition": f'inline; filename="{job_id}.png"'})
+    return json_response(view_of(record, store), 202)

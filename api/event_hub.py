@@ -1,0 +1,165 @@
+"""Job events for Server-Sent Events: one reader of the Redis streams per API process, fanned out.
+
+A blocking XREAD per client would hold one Redis connection per open stream (pitfalls.md). Here
+one task per process reads every watched job's stream with a single XREAD and hands each entry,
+formatted once, to an in-memory queue per client. A client that falls behind (its queue full) is
+told so and reads what it missed from the stream itself.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import re
+from dataclasses import dataclass, field
+
+import orjson
+import redis
+import redis.asyncio as aioredis
+
+from api.reader import JobReader, RawEvent
+from api.views import event_view
+from worker.keys import TERMINAL, events_key
+
+log = logging.getLogger(__name__)
+
+ZERO_ID = b"0-0"
+_EVENT_ID = re.compile(r"\d{1,20}-\d{1,20}")
+
+
+def parse_event_id(value: str | None) -> bytes | None:
+    """A Last-Event-ID we could have sent, as the stream id it names; anything else is None."""
+    if value is None or not _EVENT_ID.fullmatch(value.strip()):
+        return None
+    return value.strip().encode()
+
+
+def id_key(event_id: bytes) -> tuple[int, int]:
+    """Stream ids ("ms-seq") in their order."""
+    ms, _, seq = event_id.partition(b"-")
+    return int(ms), int(seq or 0)
+
+
+def sse(kind: str, data: object, event_id: bytes) -> bytes:
+    """One Server-Sent Event, encoded once for every client (the JSON has no newlines: one data line)."""
+    return b"id: %s\nevent: %s\ndata: %s\n\n" % (event_id, kind.encode(), orjson.dumps(data))
+
+
+@dataclass(frozen=True)
+class Event:
+    """A stream entry ready to send. `final` marks the job's end (its text is the `end` event)."""
+
+    id: bytes
+    text: bytes
+    final: bool = False
+
+
+async def build_event(reader: JobReader, job_id: str, raw: RawEvent) -> Event:
+    """The event clients get for a stream entry; a final status becomes `end` with the whole job."""
+    entry_id, fields = raw
+    kind = fields.get(b"type", b"").decode()
+    data = orjson.loads(fields.get(b"data", b"{}"))
+    if kind == "status" and data.get("status") in TERMINAL:
+        job = await reader.job(job_id)
+        return Event(entry_id, sse("end", job if job is not None else data, entry_id), final=True)
+    return Event(entry_id, sse(kind, event_view(job_id, kind, data), entry_id))
+
+
+OVERFLOW = Event(ZERO_ID, b"")  # put in a queue that filled up: read the stream again
+
+
+@dataclass(eq=False)
+class Subscription:
+    job_id: str
+    queue: asyncio.Queue[Event]
+
+
+@dataclass
+class _Feed:
+    last_id: bytes
+    subscribers: set[Subscription] = field(default_factory=set)
+
+
+class EventHub:
+    """Reads the streams of the jobs someone watches, in one task, and feeds every subscriber."""
+
+    def __init__(self, url: str, reader: JobReader, block_ms: int = 500, queue_size: int = 256) -> None:
+        # Its own connection: it spends its life blocked in XREAD.
+        self.redis = aioredis.Redis.from_url(url, socket_connect_timeout=2, socket_timeout=block_ms / 1000 + 10)
+        self.reader = reader
+        self.block_ms = block_ms
+        self.queue_size = queue_size
+        self.feeds: dict[str, _Feed] = {}
+        self._wake = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+
+    def start(self) -> None:
+        self._task = asyncio.create_task(self._run(), name="nst-event-hub")
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+        await self.redis.aclose()
+
+    @property
+    def subscriber_count(self) -> int:
+        return sum(len(feed.subscribers) for feed in self.feeds.values())
+
+    def subscribe(self, job_id: str, position: bytes) -> Subscription:
+        """Entries after `position` (at least) will reach the subscription's queue; the caller
+        reads the backlog itself and drops what it has already sent."""
+        subscription = Subscription(job_id, asyncio.Queue(self.queue_size))
+        feed = self.feeds.setdefault(job_id, _Feed(position))
+        feed.subscribers.add(subscription)
+        self._wake.set()
+        return subscription
+
+    def unsubscribe(self, subscription: Subscription) -> None:
+        feed = self.feeds.get(subscription.job_id)
+        if feed is None:
+            return
+        feed.subscribers.discard(subscription)
+        if not feed.subscribers:
+            del self.feeds[subscription.job_id]
+
+    async def _run(self) -> None:
+        while True:
+            if not self.feeds:
+                self._wake.clear()
+                await self._wake.wait()
+                continue
+            watched = {events_key(job_id): job_id for job_id in self.feeds}
+            streams = {key: self.feeds[job_id].last_id for key, job_id in watched.items()}
+            try:
+                replies = await self.redis.xread(streams, count=500, block=self.block_ms)
+                for key, entries in replies or []:
+                    await self._dispatch(watched[key.decode()], entries)
+            except redis.RedisError as exc:  # Redis restarting: clients get keep-alives meanwhile
+                log.warning("event hub: Redis unavailable (%s); retrying", exc)
+                await asyncio.sleep(1.0)
+            except Exception:  # a bad entry must not stop every stream of this process
+                log.exception("event hub: could not dispatch events; going on")
+                await asyncio.sleep(1.0)
+
+    async def _dispatch(self, job_id: str, entries: list[RawEvent]) -> None:
+        feed = self.feeds.get(job_id)
+        if feed is None or not entries:
+            return
+        feed.last_id = entries[-1][0]
+        events = [await build_event(self.reader, job_id, raw) for raw in entries]
+        for subscription in list(feed.subscribers):
+            for event in events:
+                try:
+                    subscription.queue.put_nowait(event)
+                except asyncio.QueueFull:
+                    _drain(subscription.queue)
+                    subscription.queue.put_nowait(OVERFLOW)
+                    break
+
+
+def _drain(queue: asyncio.Queue[Event]) -> None:
+    while not queue.empty():
+        queue.get_nowait()

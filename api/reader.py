@@ -1,0 +1,165 @@
+"""The API's read path: async Redis (redis.asyncio) from the route to the socket, no thread hop.
+
+Reads return the job as the JSON-ready dict clients see (`api.views.job_view`) and the raw
+entries of its event stream; the key layout comes from `worker/keys.py`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any, Concatenate, ParamSpec, TypeVar
+
+import orjson
+import redis
+import redis.asyncio as aioredis
+
+from api.views import job_view
+from worker.keys import (
+    JOBS_KEY,
+    QUEUE_KEY,
+    WORKERS_KEY,
+    events_key,
+    is_job_id,
+    job_key,
+    losses_key,
+    parse_history,
+    result_key,
+    snapshot_key,
+)
+
+# An event stream entry as Redis gives it: (id, {b"type": ..., b"data": ...}).
+RawEvent = tuple[bytes, dict[bytes, bytes]]
+
+READ_TIMEOUT_SECONDS = 10.0
+P = ParamSpec("P")
+R = TypeVar("R")
+
+
+def bounded(
+    method: Callable[Concatenate[JobReader, P], Awaitable[R]],
+) -> Callable[Concatenate[JobReader, P], Awaitable[R]]:
+    """A read that Redis does not answer in time fails as a Redis error (503). asyncio.timeout
+    costs a timer; redis-py's socket_timeout would wrap every send in a task (wait_for), which
+    on the poll path costs more than the rest of the answer."""
+
+    @functools.wraps(method)
+    async def read(self: JobReader, *args: P.args, **kwargs: P.kwargs) -> R:
+        try:
+            async with asyncio.timeout(READ_TIMEOUT_SECONDS):
+                return await method(self, *args, **kwargs)
+        except TimeoutError as exc:
+            raise redis.TimeoutError("Redis did not answer in time") from exc
+
+    return read
+
+
+def decode_record(fields: dict[bytes, bytes]) -> dict[str, Any]:
+    """The job hash, each field's JSON decoded (orjson: this is most of a poll's own work); no
+    model validation on the hot path."""
+    return {name.decode(): orjson.loads(value) for name, value in fields.items()}
+
+
+class JobReader:
+    """Async reads of jobs, their images, history and event streams."""
+
+    def __init__(self, client: aioredis.Redis) -> None:
+        self.redis = client
+
+    @classmethod
+    def from_url(cls, url: str, max_connections: int = 64) -> JobReader:
+        """A bounded pool: a thousand event streams connecting at once wait their turn for a
+        connection rather than open a thousand."""
+        pool = aioredis.BlockingConnectionPool.from_url(
+            url, max_connections=max_connections, timeout=READ_TIMEOUT_SECONDS, socket_connect_timeout=2,
+            health_check_interval=10,
+        )  # fmt: skip
+        return cls(aioredis.Redis(connection_pool=pool))
+
+    async def close(self) -> None:
+        await self.redis.aclose()
+
+    @bounded
+    async def record(self, job_id: str) -> dict[str, Any] | None:
+        """The decoded job hash, or None; ids that cannot be ours never reach Redis."""
+        if not is_job_id(job_id):
+            return None
+        fields = await self.redis.hgetall(job_key(job_id))
+        return decode_record(fields) if fields else None
+
+    @bounded
+    async def job(self, job_id: str) -> dict[str, Any] | None:
+        """The job as clients see it: one HGETALL, and a ZRANK only while it is queued."""
+        record = await self.record(job_id)
+        if record is None:
+            return None
+        rank = await self.redis.zrank(QUEUE_KEY, job_id) if record["status"] == "queued" else None
+        return job_view(record, rank)
+
+    @bounded
+    async def job_with_position(self, job_id: str) -> tuple[dict[str, Any] | None, bytes | None, bytes | None]:
+        """The job, and the ids of the first and last entries of its event stream, read in one
+        transaction: the job is exactly the state those entries had made."""
+        if not is_job_id(job_id):
+            return None, None, None
+        async with self.redis.pipeline(transaction=True) as pipe:
+            pipe.hgetall(job_key(job_id))
+            pipe.zrank(QUEUE_KEY, job_id)
+            pipe.xrange(events_key(job_id), count=1)
+            pipe.xrevrange(events_key(job_id), count=1)
+            fields, rank, first, last = await pipe.execute()
+        if not fields:
+            return None, None, None
+        return job_view(decode_record(fields), rank), (first[0][0] if first else None), (last[0][0] if last else None)
+
+    @bounded
+    async def events_after(self, job_id: str, after: bytes) -> list[RawEvent]:
+        """Every entry of the job's stream after `after` (exclusive)."""
+        return await self.redis.xrange(events_key(job_id), min=b"(" + after)
+
+    @bounded
+    async def losses(self, job_id: str) -> dict[str, list[float]]:
+        raw = await self.redis.get(losses_key(job_id))
+        return parse_history(raw.decode() if raw else "")
+
+    @bounded
+    async def snapshot(self, job_id: str, iteration: int) -> bytes | None:
+        return await self.redis.get(snapshot_key(job_id, iteration))
+
+    @bounded
+    async def result(self, job_id: str) -> bytes | None:
+        return await self.redis.get(result_key(job_id))
+
+    @bounded
+    async def list_jobs(self, limit: int, before: int | None) -> tuple[list[dict[str, Any]], int | None]:
+        """Newest first, below sequence number `before`; returns the jobs and the next cursor."""
+        upper = f"({before}" if before is not None else "+inf"
+        jobs: list[dict[str, Any]] = []
+        last_sequence = 0
+        while len(jobs) < limit:
+            rows = await self.redis.zrevrangebyscore(
+                JOBS_KEY, upper, "-inf", start=0, num=limit - len(jobs), withscores=True
+            )
+            if not rows:
+                return jobs, None
+            upper = f"({int(rows[-1][1])}"
+            async with self.redis.pipeline(transaction=False) as pipe:
+                for raw_id, _ in rows:
+                    pipe.hgetall(job_key(raw_id.decode()))
+                    pipe.zrank(QUEUE_KEY, raw_id)
+                answers = await pipe.execute()
+            for (raw_id, _), fields, rank in zip(rows, answers[::2], answers[1::2], strict=True):
+                if not fields:  # expired: drop it from the listing for good
+                    await self.redis.zrem(JOBS_KEY, raw_id)
+                    continue
+                record = decode_record(fields)
+                last_sequence = record["sequence"]
+                jobs.append(job_view(record, rank))
+        more = await self.redis.zrevrangebyscore(JOBS_KEY, upper, "-inf", start=0, num=1)
+        return jobs, (last_sequence if more else None)
+
+    @bounded
+    async def live_workers(self, max_age_seconds: float) -> int:
+        return int(await self.redis.zcount(WORKERS_KEY, time.time() - max_age_seconds, "+inf"))

@@ -1,0 +1,157 @@
+"""The Redis layout of the service and the job record: the one place that defines them.
+
+A job is a hash `nst:job:{id}` whose fields each hold one JSON value, so that the worker's
+progress writes and the API's cancel touch different fields and never overwrite each other.
+Beside it: the inputs, snapshots, the result, a checkpoint, and two keys for watchers:
+- `nst:job:{id}:events`, a Redis Stream with an entry at each status change, progress write and
+  snapshot, written in the same transaction as the change it reports. Its entry ids are the
+  Server-Sent Events' ids; it is trimmed (approximately) to EVENTS_MAXLEN entries.
+- `nst:job:{id}:losses`, the whole loss history as text lines "iteration total content style",
+  appended at each progress write: a 20000-iteration job keeps a few thousand short lines.
+`worker/state.py` writes all of it (sync, for the worker and the API's submit and cancel);
+`api/reader.py` reads it (async, for the API's read path).
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import secrets
+from datetime import UTC, datetime
+from typing import Any, Literal
+
+from pydantic import BaseModel, Field
+
+JobStatus = Literal["queued", "running", "succeeded", "failed", "canceled"]
+TERMINAL: frozenset[str] = frozenset({"succeeded", "failed", "canceled"})
+
+PREFIX = "nst"
+QUEUE_KEY = f"{PREFIX}:queue"  # sorted set: queued job ids by submission order
+JOBS_KEY = f"{PREFIX}:jobs"  # sorted set: every job id by submission order, for listing
+SEQUENCE_KEY = f"{PREFIX}:sequence"  # counter giving each job its order
+WORKERS_KEY = f"{PREFIX}:workers"  # sorted set: worker name -> last heartbeat (unix time)
+RUNNING_KEY = f"{PREFIX}:running"  # set: ids of running jobs, each held by a lease
+
+_ID_PATTERN = re.compile(r"[0-9a-f]{32}")
+
+
+def new_job_id() -> str:
+    """128 random bits: unguessable, and safe in a URL and a Redis key."""
+    return secrets.token_hex(16)
+
+
+def is_job_id(value: str) -> bool:
+    """Whether `value` could be one of our ids; anything else is answered 404 without Redis."""
+    return _ID_PATTERN.fullmatch(value) is not None
+
+
+def job_key(job_id: str) -> str:
+    return f"{PREFIX}:job:{job_id}"
+
+
+def content_key(job_id: str) -> str:
+    return f"{PREFIX}:job:{job_id}:content"
+
+
+def style_key(job_id: str, index: int) -> str:
+    return f"{PREFIX}:job:{job_id}:style:{index}"
+
+
+def snapshot_key(job_id: str, iteration: int) -> str:
+    return f"{PREFIX}:job:{job_id}:snapshot:{iteration}"
+
+
+def result_key(job_id: str) -> str:
+    return f"{PREFIX}:job:{job_id}:result"
+
+
+def cancel_key(job_id: str) -> str:
+    return f"{PREFIX}:job:{job_id}:cancel"
+
+
+def lease_key(job_id: str) -> str:
+    """Exists while a worker runs the job; it renews it. Gone: the worker died."""
+    return f"{PREFIX}:job:{job_id}:lease"
+
+
+def checkpoint_key(job_id: str) -> str:
+    return f"{PREFIX}:job:{job_id}:checkpoint"
+
+
+def completions_key(job_id: str) -> str:
+    """How many times the job was recorded as succeeded: exactly 1, or the service is wrong."""
+    return f"{PREFIX}:job:{job_id}:completions"
+
+
+def utc_now() -> str:
+    return datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+class JobRecord(BaseModel):
+    """What Redis holds about a job (images apart)."""
+
+    id: str
+    status: JobStatus = "queued"
+    created_at: str = Field(default_factory=utc_now)
+    started_at: str | None = None
+    finished_at: str | None = None
+    params: dict[str, Any]
+    style_count: int
+    sequence: int = 0
+    iteration: int = 0
+    losses: dict[str, float] | None = None
+    iterations_per_second: float | None = None
+    eta_seconds: float | None = None
+    snapshots: list[int] = Field(default_factory=list)
+    error: dict[str, Any] | None = None
+    weights: str | None = None
+    attempts: int = 0
+    worker: str | None = None
+    cancel_requested: bool = False  # a cancel of the running job is pending
+    run_token: str | None = None  # names the attempt that holds the job; stale runs see it change
+
+    @property
+    def total(self) -> int:
+        return int(self.params["iterations"])
+
+    def to_redis(self) -> dict[str, str]:
+        return {name: json.dumps(value) for name, value in self.model_dump().items()}
+
+    @classmethod
+    def from_redis(cls, fields: dict[bytes, bytes]) -> JobRecord:
+        return cls.model_validate({k.decode(): json.loads(v) for k, v in fields.items()})
+
+
+def encode_fields(fields: dict[str, Any]) -> dict[str, str]:
+    return {name: json.dumps(value) for name, value in fields.items()}
+
+
+EVENTS_MAXLEN = 1000  # stream entries kept per job; a watcher further behind gets the job's state instead
+
+EventKind = Literal["status", "progress", "snapshot"]
+
+
+def events_key(job_id: str) -> str:
+    return f"{PREFIX}:job:{job_id}:events"
+
+
+def losses_key(job_id: str) -> str:
+    return f"{PREFIX}:job:{job_id}:losses"
+
+
+def history_line(iteration: int, losses: dict[str, float]) -> str:
+    """One line of the loss history: compact, and parsed back by `parse_history`."""
+    return f"{iteration} {losses['total']:.7g} {losses['content']:.7g} {losses['style']:.7g}\n"
+
+
+def parse_history(text: str) -> dict[str, list[float]]:
+    """The history as columns: {"iteration": [...], "total": [...], "content": [...], "style": [...]}."""
+    columns: dict[str, list[float]] = {"iteration": [], "total": [], "content": [], "style": []}
+    for line in text.splitlines():
+        parts = line.split()
+        if len(parts) != 4:
+            continue
+        columns["iteration"].append(int(parts[0]))
+        for name, value in zip(("total", "content", "style"), parts[1:], strict=True):
+            columns[name].append(float(value))
+    return columns

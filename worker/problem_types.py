@@ -1,0 +1,93 @@
+"""Every problem type the service answers with, and what each means (RFC 9457).
+
+A problem's `type` is the relative URI `/problems/{kind}`; the API serves a page there that
+explains it, so a client (or a person) can follow the link. Both halves use this table: the
+API for its errors, the worker for a job's `error`.
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+
+class ProblemType(NamedTuple):
+    title: str
+    description: str
+
+
+PROBLEM_TYPES: dict[str, ProblemType] = {
+    "not-found": ProblemType(
+        "Not found",
+        "No such job, snapshot or page: the id is unknown, or the job has expired (jobs are kept for "
+        "NST_JOB_TTL_SECONDS after they end).",
+    ),
+    "method-not-allowed": ProblemType("Method not allowed", "The path exists but not with this HTTP method."),
+    "http-error": ProblemType("HTTP error", "A protocol-level error; `status` and `detail` say which."),
+    "invalid-request": ProblemType(
+        "Invalid request",
+        "The form or a parameter is wrong. `errors` lists each as {field, message}, e.g. "
+        '{"field": "params.iterations", "message": "Input should be less than or equal to 20000"}.',
+    ),
+    "unsupported-media-type": ProblemType(
+        "Unsupported media type", "POST /jobs takes multipart/form-data with the fields content, style and params."
+    ),
+    "not-an-image": ProblemType(
+        "Not an image",
+        "An upload could not be decoded as an image (JPEG, PNG, WebP, GIF, BMP, TIFF and the other "
+        "formats Pillow reads). `errors[0].field` names the upload.",
+    ),
+    "too-large": ProblemType(
+        "Too large",
+        "An upload is larger than NST_MAX_UPLOAD_BYTES, or the request body than all the uploads "
+        "together may be. The limit is checked while the bytes arrive.",
+    ),
+    "too-many-parts": ProblemType(
+        "Request too large", "Too many files or fields in the form, or a text field over 64 KB."
+    ),
+    "too-many-pixels": ProblemType(
+        "Image too large",
+        "An image has more pixels than NST_MAX_INPUT_PIXELS (read from its header, before "
+        "decoding: decompression bombs are refused here).",
+    ),
+    "queue-full": ProblemType(
+        "Too many queued jobs",
+        "NST_MAX_QUEUED_JOBS jobs are waiting. Retry after the number of seconds in Retry-After.",
+    ),
+    "unavailable": ProblemType(
+        "Service unavailable",
+        "Redis (the job store and queue) is not answering, e.g. while it restarts. Retry "
+        "after Retry-After; jobs already accepted are not lost.",
+    ),
+    "no-workers": ProblemType("No workers", "Readiness: no worker has reported in the last few heartbeats."),
+    "already-finished": ProblemType(
+        "Job already finished", "A cancel arrived after the job had succeeded or failed; the job is unchanged."
+    ),
+    "not-finished": ProblemType(
+        "Not finished",
+        "The result exists once the job has succeeded; it is still queued or running. Watch "
+        "GET /jobs/{id} or its events.",
+    ),
+    "no-result": ProblemType(
+        "No result", "The job was canceled or failed, so it has no result; a failed job's `error` says why."
+    ),
+    "job-failed": ProblemType("Job failed", "The optimisation stopped with an internal error."),
+    "invalid-job": ProblemType(
+        "Job failed", "The job could not run as asked, e.g. its inputs had expired; `detail` says what."
+    ),
+    "out-of-memory": ProblemType(
+        "Out of memory", "The worker's device ran out of memory; a smaller height and width need less."
+    ),
+    "timeout": ProblemType("Job timed out", "The job ran past NST_JOB_TIMEOUT_SECONDS and was stopped."),
+    "worker-lost": ProblemType(
+        "Worker lost",
+        "The worker running the job stopped (it crashed or was killed) NST_MAX_ATTEMPTS times; each "
+        "time the job was resumed from its last checkpoint on another worker.",
+    ),
+}
+
+
+def problem_type_uri(kind: str) -> str:
+    """The type URI of a known kind; an unknown kind is a bug, caught here rather than by a client."""
+    if kind not in PROBLEM_TYPES:
+        raise ValueError(f"unknown problem type {kind!r}: add it to worker/problem_types.py")
+    return f"/problems/{kind}"
