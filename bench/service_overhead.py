@@ -12,16 +12,11 @@ installed), with latencies, while the worker is idle and while it runs a job.
 from __future__ import annotations
 
 import argparse
-import asyncio
 import json
-import re
-import shutil
-import statistics
 import subprocess
 import sys
 import tempfile
 import time
-from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
@@ -29,6 +24,7 @@ import httpx
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from bench.loadgen import poll_load  # noqa: E402
 from tests.services import Service, poll, serve, submit  # noqa: E402
 
 SAMPLES = ROOT / "examples" / "images"
@@ -58,72 +54,6 @@ def time_http(service: Service, params: dict[str, int]) -> tuple[float, float]:
 
     ran = datetime.fromisoformat(done["finished_at"]) - datetime.fromisoformat(done["started_at"])
     return wall, ran.total_seconds()
-
-
-@dataclass
-class PollLoad:
-    tool: str
-    requests_per_second: float
-    p50_ms: float
-    p99_ms: float
-    errors: int
-
-
-def poll_load(url: str, pollers: int, seconds: float) -> PollLoad:
-    """`pollers` connections GETting `url` as fast as they can: wrk where installed (a load
-    generator in C leaves the two cores to the server), else httpx."""
-    if shutil.which("wrk"):
-        return _wrk(url, pollers, seconds)
-    return asyncio.run(_httpx_load(url, pollers, seconds))
-
-
-def _wrk(url: str, pollers: int, seconds: float) -> PollLoad:
-    out = subprocess.run(
-        ["wrk", "-t2", f"-c{pollers}", f"-d{seconds:.0f}s", "--latency", url],
-        capture_output=True, text=True, check=True,
-    ).stdout  # fmt: skip
-
-    def ms(label: str) -> float:
-        value = re.search(rf"{label}\s+([\d.]+)(us|ms|s)", out)
-        assert value, out
-        return float(value[1]) * {"us": 1e-3, "ms": 1.0, "s": 1e3}[value[2]]
-
-    rps = re.search(r"Requests/sec:\s+([\d.]+)", out)
-    bad = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
-    socket_errors = re.search(r"Socket errors: .*", out)
-    errors = int(bad[1]) if bad else 0
-    if socket_errors:
-        errors += sum(int(n) for n in re.findall(r"\d+", socket_errors[0]))
-    assert rps, out
-    return PollLoad("wrk", float(rps[1]), ms("50%"), ms("99%"), errors)
-
-
-async def _httpx_load(url: str, pollers: int, seconds: float) -> PollLoad:
-    latencies: list[float] = []
-    errors = 0
-    deadline = time.perf_counter() + seconds
-    limits = httpx.Limits(max_connections=pollers, max_keepalive_connections=pollers)
-    async with httpx.AsyncClient(timeout=10, limits=limits) as client:
-
-        async def poller() -> None:
-            nonlocal errors
-            while time.perf_counter() < deadline:
-                start = time.perf_counter()
-                try:
-                    answer = await client.get(url)
-                    errors += answer.status_code != 200
-                except httpx.HTTPError:
-                    errors += 1
-                latencies.append(time.perf_counter() - start)
-
-        await asyncio.gather(*(poller() for _ in range(pollers)))
-    return PollLoad(
-        "httpx",
-        len(latencies) / seconds,
-        statistics.median(latencies) * 1e3,
-        statistics.quantiles(latencies, n=100)[98] * 1e3,
-        errors,
-    )
 
 
 def main() -> None:

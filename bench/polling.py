@@ -1,0 +1,89 @@
+"""What a poll of `GET /jobs/{id}` costs, against a bare FastAPI route, side by side in one run.
+
+    python bench/polling.py [--pollers 50 --seconds 10]
+
+Starts its own redis-server and, on 127.0.0.1, one uvicorn process of the API (`nst api`, as
+`make run` starts it) and one of `bench/bare_app.py` (one async HGETALL of the same job hash, the
+same uvicorn settings). The job is running, with losses, an ETA and three snapshots, as a
+polled job is. Prints requests per second and latencies (wrk where installed, else httpx) for the
+bare route, the full answer, and the answer to a client that sends the ETag it has (304).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+import httpx
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from bench.loadgen import PollLoad, poll_load  # noqa: E402
+from tests.services import Service, serve, submit  # noqa: E402
+from worker.local import free_port, stop_processes, wait_for_http  # noqa: E402
+from worker.state import JobStore  # noqa: E402
+
+SAMPLES = ROOT / "examples" / "images"
+
+
+def running_job(service: Service) -> str:
+    """A job as the worker leaves it mid-run: claimed, with progress, losses and snapshots."""
+    with httpx.Client(base_url=service.url, timeout=30) as client:
+        answer = submit(client, SAMPLES / "coffee.png", [SAMPLES / "starry_night.jpg"], {"iterations": 2500})
+        job_id = answer.json()["id"]
+    store = JobStore.from_url(service.redis_url, 3600)
+    store.claim(job_id, {"status": "running", "started_at": "2026-01-01T00:00:00.000Z", "attempts": 1,
+                         "weights": "random", "worker": "bench"}, "token", 3600)  # fmt: skip
+    losses = {"total": 1234.5, "content": 12.25, "style": 1.2225}
+    for iteration in (1, 50, 100):
+        fields = {"iteration": iteration, "losses": losses, "iterations_per_second": 9.5, "eta_seconds": 250.0,
+                  "snapshots": [i for i in (1, 50, 100) if i <= iteration]}  # fmt: skip
+        store.publish(job_id, fields, fields | {"total": 2500}, snapshot=(iteration, b"jpeg"))
+    return job_id
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--pollers", type=int, default=50)
+    parser.add_argument("--seconds", type=float, default=10)
+    args = parser.parse_args()
+    with tempfile.TemporaryDirectory() as tmp, serve(Path(tmp), workers=0) as service:
+        job_id = running_job(service)
+        port = free_port()
+        bare = subprocess.Popen(
+            [sys.executable, "-m", "uvicorn", "bench.bare_app:app", "--host", "127.0.0.1", "--port", str(port),
+             "--log-level", "info", "--proxy-headers"],
+            cwd=ROOT, env=service.env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        )  # fmt: skip
+        try:
+            wait_for_http(f"http://127.0.0.1:{port}/bare/{job_id}", bare, timeout=30)
+            etag = httpx.get(f"{service.url}/jobs/{job_id}").headers["etag"]
+            loads: dict[str, PollLoad] = {}
+            loads["bare route: one async HGETALL"] = poll_load(
+                f"http://127.0.0.1:{port}/bare/{job_id}", args.pollers, args.seconds
+            )
+            loads["GET /jobs/{id}"] = poll_load(f"{service.url}/jobs/{job_id}", args.pollers, args.seconds)
+            loads["GET /jobs/{id} with If-None-Match (304)"] = poll_load(
+                f"{service.url}/jobs/{job_id}", args.pollers, args.seconds, {"If-None-Match": etag}
+            )
+        finally:
+            stop_processes([bare])
+    reference = loads["bare route: one async HGETALL"].requests_per_second
+    tool = next(iter(loads.values())).tool
+    print(f"{args.pollers} concurrent pollers, {args.seconds:.0f} s each, one uvicorn process each, {tool}")
+    print(f"{'route':42} {'req/s':>8} {'vs bare':>8} {'p50 ms':>8} {'p99 ms':>8} {'errors':>7}")
+    for name, load in loads.items():
+        print(
+            f"{name:42} {load.requests_per_second:8.0f} {load.requests_per_second / reference:7.2f}x "
+            f"{load.p50_ms:8.1f} {load.p99_ms:8.1f} {load.errors:7d}"
+        )
+    print(json.dumps({name: round(load.requests_per_second) for name, load in loads.items()}))
+
+
+if __name__ == "__main__":
+    main()
