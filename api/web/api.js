@@ -1,0 +1,67 @@
+// Talking to the API: every failure becomes an RFC 9457 problem object, so the views have one
+// shape to show, whether the server said no or the network did.
+
+export const FINAL = ["succeeded", "failed", "canceled"];
+export const isFinal = (job) => FINAL.includes(job.status);
+
+/** Thrown for any failed request; `problem` is {type, title, status, detail, errors?}. */
+export class ProblemError extends Error {
+  constructor(problem) {
+    super(problem.detail || problem.title);
+    this.problem = problem;
+  }
+}
+
+function networkProblem(error) {
+  return {
+    type: "about:blank",
+    title: "Network error",
+    status: 0,
+    detail: `The service did not answer (${error.message}). Check the connection and try again.`,
+  };
+}
+
+/** The problem in an error answer; a body that is not problem+json still gives a readable one. */
+async function problemOf(response) {
+  let body = null;
+  try {
+    body = await response.json();
+  } catch {
+    // not JSON (e.g. a proxy's HTML page): fall through to the status line
+  }
+  if (body && typeof body === "object" && (body.detail || body.title)) return body;
+  const title = response.statusText || "error";
+  const detail = `HTTP ${response.status} ${title}`;
+  return { type: "about:blank", title, status: response.status, detail };
+}
+
+/** fetch() that throws ProblemError for network errors and for answers >= 400. */
+export async function request(url, options = {}) {
+  let response;
+  try {
+    response = await fetch(url, { headers: { Accept: "application/json" }, ...options });
+  } catch (error) {
+    throw new ProblemError(networkProblem(error));
+  }
+  if (response.status >= 400) throw new ProblemError(await problemOf(response));
+  return response;
+}
+
+export async function getJSON(url, options) {
+  return (await request(url, options)).json();
+}
+
+export const getParameters = () => getJSON("/parameters");
+export const getJob = (id) => getJSON(`/jobs/${encodeURIComponent(id)}`);
+export const getLosses = (id) => getJSON(`/jobs/${encodeURIComponent(id)}/losses`);
+export const listJobs = (limit) => getJSON(`/jobs?limit=${limit}`);
+export const cancelJob = (id) => getJSON(`/jobs/${encodeURIComponent(id)}/cancel`, { method: "POST" });
+
+/** POST /jobs with the multipart form; answers the job (202). */
+export const submitJob = (form) => getJSON("/jobs", { method: "POST", body: form });
+
+/** Turn anything thrown into a problem object for display. */
+export function asProblem(error) {
+  if (error instanceof ProblemError) return error.problem;
+  return { type: "about:blank", title: "Error", status: 0, detail: String(error?.message || error) };
+}

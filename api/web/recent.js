@@ -1,0 +1,66 @@
+// The recent jobs under the form (GET /jobs?limit=12), newest first, each linking to its page;
+// refreshed every few seconds while one of them is still queued or running.
+
+import { listJobs, isFinal, asProblem } from "./api.js";
+import { h, when } from "./dom.js";
+
+const LIMIT = 12;
+const REFRESH_MS = 4000;
+
+function card(job) {
+  // Only jobs with a snapshot get an <img>: /snapshots/latest is a 404 before the first one.
+  // The latest snapshot's own URL is cached for good by the browser, unlike /latest.
+  const latest = job.snapshots.at(-1);
+  const picture = latest
+    ? h("img", { src: latest.url, alt: "", loading: "lazy" })
+    : h("div", { class: "placeholder", "aria-hidden": "true" }, "no image yet");
+  const percent = job.status === "running" ? ` ${Math.floor(job.progress.fraction * 100)}%` : "";
+  const { width, height, iterations } = job.params;
+  return h(
+    "li",
+    {},
+    h(
+      "a",
+      { href: `#/jobs/${job.id}`, class: "job-card", title: `job ${job.id}` },
+      picture,
+      h("span", { class: `status status-${job.status}` }, job.status + percent),
+      h("time", { datetime: job.created_at }, when(job.created_at)),
+      h("span", { class: "muted" }, `${width}×${height}, ${iterations} iterations`),
+    ),
+  );
+}
+
+export class RecentJobs {
+  constructor(list) {
+    this.list = list;
+    this.timer = null;
+    this.active = false;
+  }
+
+  start() {
+    this.active = true;
+    this.refresh();
+  }
+
+  stop() {
+    this.active = false;
+    clearTimeout(this.timer);
+  }
+
+  async refresh() {
+    clearTimeout(this.timer);
+    let page;
+    try {
+      page = await listJobs(LIMIT);
+    } catch (error) {
+      const message = `Could not load the jobs: ${asProblem(error).detail}`;
+      if (this.active) this.list.replaceChildren(h("li", { class: "muted" }, message));
+      return;
+    }
+    if (!this.active) return;
+    const jobs = page.items;
+    const items = jobs.length ? jobs.map(card) : [h("li", { class: "muted" }, "No jobs yet.")];
+    this.list.replaceChildren(...items);
+    if (jobs.some((job) => !isFinal(job))) this.timer = setTimeout(() => this.refresh(), REFRESH_MS);
+  }
+}
