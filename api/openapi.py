@@ -9,6 +9,7 @@ from fastapi import FastAPI
 from fastapi.openapi.utils import get_openapi
 
 from api.problems import PROBLEM_MEDIA_TYPE
+from core.params import fill_defaults
 
 PROBLEM_REF = {"$ref": "#/components/schemas/Problem"}
 RETRY_AFTER = {"Retry-After": {"description": "seconds to wait before trying again", "schema": {"type": "integer"}}}
@@ -87,8 +88,9 @@ SUBMIT_BODY: dict[str, Any] = {
 
 
 def install_openapi(app: FastAPI) -> None:
-    """FastAPI's document, less the 422 it adds to every route with a path parameter: a string
-    path parameter cannot fail validation, and the routes that can answer 422 declare it."""
+    """FastAPI's document, less the 422 it adds to every route with a path parameter (a string
+    path parameter cannot fail validation, and the routes that can answer 422 declare it), and
+    with every parameter's default (pydantic leaves out those of a default_factory)."""
 
     def openapi() -> dict[str, Any]:
         if app.openapi_schema is None:
@@ -106,6 +108,7 @@ def install_openapi(app: FastAPI) -> None:
                         del operation["responses"]["422"]
             for name in ("HTTPValidationError", "ValidationError"):
                 schema["components"]["schemas"].pop(name, None)
+            fill_defaults(schema["components"]["schemas"]["StyleParams"])
             app.openapi_schema = schema
         return app.openapi_schema
 

@@ -97,6 +97,12 @@ def install_problem_handlers(app: FastAPI) -> None:
         problem = Problem(exc.status_code, kind, title, str(exc.detail), headers=dict(exc.headers or {}))
         return problem_response(problem, request.url.path)
 
+    @app.exception_handler(Exception)
+    async def on_bug(request: Request, exc: Exception) -> JSONResponse:
+        # Starlette logs the traceback; the client gets a problem like every other error.
+        problem = Problem(500, "internal-error", "Internal error", "the server failed to answer; it has been logged")
+        return problem_response(problem, request.url.path)
+
     @app.exception_handler(redis.RedisError)
     async def on_redis(request: Request, exc: redis.RedisError) -> JSONResponse:
         problem = Problem(

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import math
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, model_validator
 
@@ -101,6 +101,14 @@ class StyleParams(BaseModel):
             raise ValueError("style_blend_weights must contain at least one positive weight")
         return self
 
+    @classmethod
+    def json_schema(cls) -> dict[str, Any]:
+        """The JSON Schema with every default in it (pydantic leaves out defaults made by a
+        default_factory, the layer lists here), for forms and generated clients."""
+        schema = cls.model_json_schema()
+        fill_defaults(schema)
+        return schema
+
     def blend_weights(self, style_count: int) -> list[float]:
         """The style mixing weights for `style_count` images, normalised to sum to 1."""
         if style_count < 1:
@@ -120,3 +128,9 @@ class StyleParams(BaseModel):
 
     def is_snapshot(self, iteration: int) -> bool:
         return iteration == 1 or iteration % self.snapshot_every == 0
+
+
+def fill_defaults(schema: dict[str, Any]) -> None:
+    """Give each property of StyleParams' JSON Schema its default, in place."""
+    for name, value in StyleParams().model_dump().items():
+        schema["properties"][name].setdefault("default", value)

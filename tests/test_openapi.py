@@ -213,3 +213,25 @@ def test_the_api_docs_load_nothing_from_another_host(client: httpx.Client) -> No
         assert not re.search(r"(src|href)=[\"']https?://", html.text), html.text
         for asset in re.findall(r"(?:src|href)=[\"'](/static/[^\"']+)", html.text):
             assert client.get(asset).status_code == 200, asset
+
+
+def test_a_bug_is_answered_as_a_500_problem_too() -> None:
+    import asyncio
+
+    from api.app import create_app
+    from worker.settings import Settings
+
+    app = create_app(Settings(redis_url="redis://127.0.0.1:1/0"))
+
+    @app.get("/broken")
+    async def broken() -> None:
+        raise RuntimeError("a bug")
+
+    async def call() -> httpx.Response:
+        transport = httpx.ASGITransport(app=app, raise_app_exceptions=False)
+        async with httpx.AsyncClient(transport=transport, base_url="http://test") as client:
+            return await client.get("/broken")
+
+    answer = asyncio.run(call())
+    assert answer.status_code == 500 and answer.headers["content-type"] == "application/problem+json"
+    assert answer.json()["type"] == "/problems/internal-error" and "a bug" not in answer.text

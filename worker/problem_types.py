@@ -23,6 +23,9 @@ PROBLEM_TYPES: dict[str, ProblemType] = {
     ),
     "method-not-allowed": ProblemType("Method not allowed", "The path exists but not with this HTTP method."),
     "http-error": ProblemType("HTTP error", "A protocol-level error; `status` and `detail` say which."),
+    "internal-error": ProblemType(
+        "Internal error", "The server failed to answer because of a bug; it is logged with its traceback."
+    ),
     "invalid-request": ProblemType(
         "Invalid request",
         "The form or a parameter is wrong. `errors` lists each as {field, message}, e.g. "

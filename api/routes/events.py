@@ -23,7 +23,8 @@ RETRY_MS = 2000  # how long EventSource waits before it reconnects
 EVENTS_DOC = """Server-Sent Events, each with an `id` (send it back as `Last-Event-ID` to resume):
 - `job`: the whole job (as GET /jobs/{id}), first on a new connection;
 - `status`: `{"status": ..., "attempt"?, "cancel_requested"?}` at each status change and cancel request;
-- `progress`: `{"iteration", "total", "fraction", "losses", "eta_seconds", "iterations_per_second"}`;
+- `progress`: `{"iteration", "total", "fraction", "losses", "eta_seconds", "iterations_per_second"}`, every
+  `snapshot_every / 5` iterations (at most twice a second), at each snapshot and at the last iteration;
 - `snapshot`: `{"iteration", "url"}` once the snapshot can be fetched;
 - `end`: the whole finished job, last; then the stream closes.
 Comment lines (`: keep-alive`) come every 15 s when nothing else does."""
@@ -123,6 +124,7 @@ async def _stream(
     responses=problems(e404="no such job", e503=UNAVAILABLE),
 )
 async def get_loss_history(job_id: str, reader: ReaderDep) -> dict[str, list[float]]:
-    """Every loss the job has reported (about twice a second and at each snapshot), for charts."""
+    """Every loss the job has reported (at each progress event: every `snapshot_every / 5`
+    iterations, at most twice a second, and at each snapshot), for charts."""
     await load_record(job_id, reader)
     return await reader.losses(job_id)

@@ -85,7 +85,7 @@ async def problem_type(kind: str) -> HTMLResponse:
 
 def parameter_schema(max_iterations: int, max_side: int) -> dict[str, Any]:
     """StyleParams' JSON Schema with this service's limits where they are tighter."""
-    schema = StyleParams.model_json_schema()
+    schema = StyleParams.json_schema()
     properties = schema["properties"]
     properties["iterations"]["maximum"] = min(properties["iterations"]["maximum"], max_iterations)
     for side in ("height", "width"):
