@@ -22,39 +22,15 @@ from pathlib import Path
 import httpx
 from PIL import Image
 from selenium import webdriver
-from selenium.webdriver.chrome.service import Service as ChromeService
 from selenium.webdriver.common.by import By
 from selenium.webdriver.support.ui import WebDriverWait
 
+from tests.browser import headless_chromium
 from tests.services import serve
 
 ROOT = Path(__file__).resolve().parent.parent
 SAMPLES = ROOT / "examples" / "images"
-CHROME_ARGS = (
-    "--headless=new",
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-dev-shm-usage",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-    "--no-first-run",
-    "--disable-quic",
-    "--hide-scrollbars",
-)
 log = logging.getLogger("screenshot")
-
-
-def browser(profile: Path, width: int, height: int) -> webdriver.Chrome:
-    options = webdriver.ChromeOptions()
-    options.binary_location = "/usr/bin/chromium"
-    for argument in (*CHROME_ARGS, f"--window-size={width},{height}", f"--user-data-dir={profile}"):
-        options.add_argument(argument)
-    driver = webdriver.Chrome(service=ChromeService("/usr/bin/chromedriver"), options=options)
-    # The page itself gets width x height (--window-size would include the window's frame).
-    metrics = {"width": width, "height": height, "deviceScaleFactor": 1, "mobile": False}
-    driver.execute_cdp_cmd("Emulation.setDeviceMetricsOverride", metrics)
-    return driver
 
 
 def submit_through_the_page(driver: webdriver.Chrome, url: str, iterations: int, side: int) -> str:
@@ -113,7 +89,7 @@ def main() -> None:
         (root / "service").mkdir()
         with serve(root / "service", {"NST_VGG_WEIGHTS": args.weights}, workers=1) as service:
             log.info("service at %s", service.url)
-            driver = browser(root / "profile", width, height)
+            driver = headless_chromium(root / "profile", width, height)
             try:
                 job_id = submit_through_the_page(driver, service.url, args.iterations, args.size)
                 log.info("job %s submitted through the page", job_id)

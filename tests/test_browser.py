@@ -12,40 +12,28 @@ from typing import Any
 import httpx
 import pytest
 
+from tests.browser import CHROMEDRIVER, CHROMIUM
 from tests.conftest import SAMPLES
 from tests.services import Service, is_final, poll, serve, submit
 
-CHROMIUM = Path("/usr/bin/chromium")
-CHROMEDRIVER = Path("/usr/bin/chromedriver")
 _missing = [str(p) for p in (CHROMIUM, CHROMEDRIVER) if not p.exists()]
 if _missing:
     pytest.skip(f"no headless browser: {', '.join(_missing)} missing", allow_module_level=True)
-webdriver = pytest.importorskip("selenium.webdriver", reason="selenium is not installed")
+pytest.importorskip("selenium.webdriver", reason="selenium is not installed")
 
 from selenium.common.exceptions import JavascriptException, StaleElementReferenceException  # noqa: E402
-from selenium.webdriver.chrome.service import Service as ChromeService  # noqa: E402
 from selenium.webdriver.common.by import By  # noqa: E402
 from selenium.webdriver.remote.webdriver import WebDriver  # noqa: E402
 from selenium.webdriver.remote.webelement import WebElement  # noqa: E402
 from selenium.webdriver.support.ui import WebDriverWait  # noqa: E402
+
+from tests.browser import headless_chromium  # noqa: E402
 
 COFFEE = SAMPLES / "coffee.png"
 STARRY = SAMPLES / "starry_night.jpg"
 SCREAM = SAMPLES / "the_scream.jpg"
 LONG = {"iterations": 20000, "height": 32, "width": 32}  # runs until canceled
 WAIT = 240  # seconds; CI has two slow cores and jobs run on the CPU
-CHROME_ARGS = (
-    "--headless=new",
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-dev-shm-usage",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-    "--no-first-run",
-    "--disable-quic",
-    "--window-size=1280,1000",
-)
 
 
 @pytest.fixture(scope="module")
@@ -56,15 +44,7 @@ def service(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Service]:
 
 @pytest.fixture(scope="module")
 def driver(tmp_path_factory: pytest.TempPathFactory) -> Iterator[WebDriver]:
-    options = webdriver.ChromeOptions()
-    options.binary_location = str(CHROMIUM)
-    for argument in CHROME_ARGS:
-        options.add_argument(argument)
-    options.add_argument(f"--user-data-dir={tmp_path_factory.mktemp('chromium-profile')}")
-    options.set_capability("goog:loggingPrefs", {"browser": "ALL"})
-    with pytest.MonkeyPatch.context() as env:
-        env.setenv("SE_OFFLINE", "true")  # Selenium Manager must not try to download a driver
-        browser = webdriver.Chrome(service=ChromeService(str(CHROMEDRIVER)), options=options)
+    browser = headless_chromium(tmp_path_factory.mktemp("chromium-profile"))
     try:
         yield browser
     finally:
