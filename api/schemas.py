@@ -40,9 +40,11 @@ class JobProgress(BaseModel):
 
 
 class JobLosses(BaseModel):
-    total: float
-    content: float = Field(description="content loss before alpha")
-    style: float = Field(description="style loss before beta")
+    """null where a loss is not a finite number (the optimisation diverged)."""
+
+    total: float | None
+    content: float | None = Field(description="content loss before alpha")
+    style: float | None = Field(description="style loss before beta")
 
 
 class SnapshotLink(BaseModel):

@@ -44,7 +44,7 @@ def running_job(service: Service) -> str:
     for iteration in (1, 50, 100):
         fields = {"iteration": iteration, "losses": losses, "iterations_per_second": 9.5, "eta_seconds": 250.0,
                   "snapshots": [i for i in (1, 50, 100) if i <= iteration]}  # fmt: skip
-        store.publish(job_id, fields, fields | {"total": 2500}, snapshot=(iteration, b"jpeg"))
+        store.publish(job_id, "token", fields, fields | {"total": 2500}, snapshot=(iteration, b"jpeg"))
     return job_id
 
 

@@ -39,10 +39,15 @@ class Event:
 
 
 def read_events(
-    url: str, headers: dict[str, str] | None = None, until: str | None = "end", limit: int = 10_000
+    url: str,
+    headers: dict[str, str] | None = None,
+    until: str | None = "end",
+    limit: int = 10_000,
+    connected: threading.Semaphore | None = None,
 ) -> tuple[int, list[Event], list[str]]:
     """(status, the events, the comment lines) of one connection, read until an event of kind
-    `until` (included) or until the server closes the stream."""
+    `until` (included) or until the server closes the stream; `connected` is released once the
+    first event has arrived (the client is subscribed by then)."""
     events: list[Event] = []
     comments: list[str] = []
     fields: dict[str, str] = {}
@@ -60,6 +65,8 @@ def read_events(
             elif "event" in fields:
                 events.append(Event(fields.get("id"), fields["event"], json.loads(fields["data"])))
                 fields = {}
+                if connected is not None and len(events) == 1:
+                    connected.release()
                 if events[-1].kind == until or len(events) >= limit:
                     break
             else:
@@ -77,7 +84,9 @@ def test_a_stream_shows_the_job_its_progress_its_snapshots_and_its_end_in_order(
     assert kinds[0] == "job" and events[0].data["id"] == job["id"]
     assert kinds[-1] == "end" and kinds.count("end") == 1
     snapshots = [e.data for e in events if e.kind == "snapshot"]
-    assert [s["iteration"] for s in snapshots] == [1, 50, 100]
+    # A snapshot the worker made before this client connected is in the first event, the job.
+    before = [s["iteration"] for s in events[0].data["snapshots"]]
+    assert before + [s["iteration"] for s in snapshots] == [1, 50, 100]
     for snap in snapshots:
         assert snap["url"] == f"/jobs/{job['id']}/snapshots/{snap['iteration']}"
         assert client.get(snap["url"]).status_code == 200
@@ -132,13 +141,14 @@ def test_cancel_is_announced_as_pending_then_as_the_end(client: httpx.Client, se
     job = submit(client, COFFEE, [STARRY], LONG).json()
     poll(client, job["id"], lambda j: j["status"] == "running", timeout=60)
     seen: list[Event] = []
+    connected = threading.Semaphore(0)
 
     def watch() -> None:
-        seen.extend(read_events(f"{service.url}/jobs/{job['id']}/events")[1])
+        seen.extend(read_events(f"{service.url}/jobs/{job['id']}/events", connected=connected)[1])
 
     watcher = threading.Thread(target=watch)
     watcher.start()
-    time.sleep(1.0)
+    assert connected.acquire(timeout=60)
     answer = client.post(f"/jobs/{job['id']}/cancel")
     assert answer.status_code == 202
     body = answer.json()
@@ -158,14 +168,17 @@ def test_idle_streams_get_keep_alive_comments_and_many_clients_get_the_same_even
     waiting = submit(client, COFFEE, [STARRY], {"iterations": 60, **TINY}).json()
     assert waiting["status"] == "queued"
     results: list[tuple[int, list[Event], list[str]]] = []
+    connected = threading.Semaphore(0)
 
     def watch() -> None:
-        results.append(read_events(f"{service.url}/jobs/{waiting['id']}/events"))
+        results.append(read_events(f"{service.url}/jobs/{waiting['id']}/events", connected=connected))
 
     watchers = [threading.Thread(target=watch) for _ in range(20)]
     for watcher in watchers:
         watcher.start()
-    time.sleep(2.0)  # the queued job's streams are idle meanwhile
+    for _ in watchers:
+        assert connected.acquire(timeout=60)
+    time.sleep(1.5)  # three heartbeats: the queued job's streams are idle meanwhile
     client.post(f"/jobs/{busy['id']}/cancel")
     for watcher in watchers:
         watcher.join(timeout=120)
@@ -184,6 +197,18 @@ def test_an_unknown_job_s_stream_is_a_404_problem(service: Service) -> None:
         answer = httpx.get(f"{service.url}/jobs/{job_id}/events")
         assert answer.status_code == 404
         assert answer.headers["content-type"].startswith("application/problem+json")
+
+
+def test_a_diverging_job_still_ends_and_its_losses_read_as_null(client: httpx.Client, service: Service) -> None:
+    # 1e39 is a finite float here and infinity in the network's float32: the losses become inf, then NaN.
+    job = submit(client, COFFEE, [STARRY], {"iterations": 30, "style_weight": 1e39, **TINY}).json()
+    status, events, _ = read_events(f"{service.url}/jobs/{job['id']}/events")
+    assert status == 200 and events[-1].kind == "end", events
+    progress = [e.data for e in events if e.kind == "progress"]
+    assert progress and progress[-1]["losses"]["total"] is None
+    answer = client.get(f"/jobs/{job['id']}")
+    assert answer.status_code == 200 and answer.json()["status"] == events[-1].data["status"]
+    assert client.get(f"/jobs/{job['id']}/losses").status_code == 200
 
 
 def test_the_loss_history_covers_the_whole_job(client: httpx.Client) -> None:

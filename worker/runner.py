@@ -9,6 +9,7 @@ claimed by another token stops without writing anything, and only the holder may
 from __future__ import annotations
 
 import logging
+import math
 import os
 import secrets
 import socket
@@ -72,6 +73,15 @@ def is_out_of_memory(exc: BaseException) -> bool:
     return isinstance(exc, RuntimeError) and "can't allocate memory" in str(exc)
 
 
+def finite_or_none(value: float | None) -> float | None:
+    """JSON has no NaN or infinity (a diverged optimisation produces them): null instead."""
+    return value if value is not None and math.isfinite(value) else None
+
+
+def finite_values(values: dict[str, float]) -> dict[str, float | None]:
+    return {name: finite_or_none(value) for name, value in values.items()}
+
+
 def best_effort(what: str, action: Callable[[], T]) -> T | None:
     """Progress writes must not kill a job while Redis restarts: log and go on."""
     try:
@@ -130,9 +140,10 @@ class ProgressPublisher:
     event each and a line of loss history. What clients see never goes backwards, also when a
     resumed run repeats iterations."""
 
-    def __init__(self, store: JobStore, record: JobRecord, weights: str) -> None:
+    def __init__(self, store: JobStore, record: JobRecord, weights: str, run_token: str) -> None:
         self.store = store
         self.job_id = record.id
+        self.run_token = run_token
         self.total = record.total
         self.snapshots = sorted(record.snapshots)
         self.shown_iteration = record.iteration
@@ -146,16 +157,18 @@ class ProgressPublisher:
         last = progress.iteration >= self.total  # the history and the watchers get the last point too
         if not progress.is_snapshot and not last and now - self.last_write < PROGRESS_WRITE_SECONDS:
             return  # nothing read: the losses stay on the device and the loop runs on
-        losses = progress.losses.public()
+        losses = finite_values(progress.losses.public())
         fields: dict[str, object] = {
             "iteration": self.shown_iteration,
             "losses": losses,
-            "iterations_per_second": progress.iterations_per_second,
-            "eta_seconds": progress.eta_seconds,
+            "iterations_per_second": finite_or_none(progress.iterations_per_second),
+            "eta_seconds": finite_or_none(progress.eta_seconds),
         }
         event = {**fields, "total": self.total}
-        # A resumed run repeats iterations: the history keeps only the first run's point for each.
-        history = history_line(progress.iteration, losses) if advanced else None
+        # A resumed run repeats iterations: the history keeps only the first run's point for each
+        # (and no point of a run that diverged: a chart has no place for NaN).
+        diverged = None in losses.values()
+        history = history_line(progress.iteration, progress.losses.public()) if advanced and not diverged else None
         snapshot = None
         if progress.is_snapshot:
             metadata = {"weights": self.weights, "iteration": str(progress.iteration)}
@@ -164,8 +177,9 @@ class ProgressPublisher:
                 self.snapshots = sorted([*self.snapshots, progress.iteration])
             fields["snapshots"] = self.snapshots
         best_effort(
-            "progress", lambda: self.store.publish(self.job_id, fields, event, snapshot=snapshot, history=history)
-        )
+            "progress",
+            lambda: self.store.publish(self.job_id, self.run_token, fields, event, snapshot=snapshot, history=history),
+        )  # False when this run no longer holds the job: its StopCheck ends it within CHECK_SECONDS
         self.last_write = now
 
 
@@ -256,7 +270,7 @@ def _optimise(context: WorkerContext, record: JobRecord, weights: WeightsSource,
         params,
         device=context.settings.device,
         weights=weights,
-        on_progress=ProgressPublisher(store, record, weights.label),
+        on_progress=ProgressPublisher(store, record, weights.label, stop.run_token),
         should_stop=stop,
         report_every=max(1, params.snapshot_every // 5),
         checkpoint_every=context.settings.checkpoint_every,
@@ -266,7 +280,7 @@ def _optimise(context: WorkerContext, record: JobRecord, weights: WeightsSource,
 
 
 def _record_outcome(store: JobStore, job_id: str, result: StyleResult, stop: StopCheck, token: str) -> None:
-    losses = result.losses.public() if result.losses is not None else None
+    losses = finite_values(result.losses.public()) if result.losses is not None else None
     if stop.superseded and not stop.canceled:
         log.warning("job %s: another run holds it now; this run stops without writing", job_id)
         return

@@ -41,11 +41,11 @@ from worker.keys import (
 )
 from worker.problem_types import problem_type_uri
 
-# Appended to every script that reports a change: one stream entry, and the stream's expiry.
+# Prepended to every script that reports a change: one stream entry, and the stream's expiry.
 _EMIT = """
-local function emit(stream, data, maxlen, ttl)
-  redis.call('XADD', stream, 'MAXLEN', '~', maxlen, '*', 'type', 'status', 'data', data)
-  redis.call('EXPIRE', stream, ttl)
+local function emit(stream, kind, data, maxlen, ttl)
+  redis.call('XADD', stream, 'MAXLEN', '~', maxlen, '*', 'type', kind, 'data', data)
+  redis.call('EXPIRE', stream, tonumber(ttl))
 end
 """
 
@@ -65,7 +65,7 @@ for _, allowed in ipairs(cjson.decode(ARGV[1])) do
     for name, value in pairs(cjson.decode(ARGV[2])) do
       redis.call('HSET', KEYS[1], name, value)
     end
-    if ARGV[4] ~= '' then emit(KEYS[2], ARGV[4], ARGV[5], ARGV[6]) end
+    if ARGV[4] ~= '' then emit(KEYS[2], 'status', ARGV[4], ARGV[5], ARGV[6]) end
     return {1, status}
   end
 end
@@ -87,7 +87,7 @@ for name, value in pairs(cjson.decode(ARGV[2])) do redis.call('HSET', KEYS[1], n
 redis.call('SET', KEYS[2], ARGV[3], 'EX', tonumber(ARGV[4]))
 redis.call('SADD', KEYS[3], ARGV[1])
 redis.call('ZREM', KEYS[4], ARGV[1])
-emit(KEYS[5], ARGV[5], ARGV[6], ARGV[7])
+emit(KEYS[5], 'status', ARGV[5], ARGV[6], ARGV[7])
 return {1, status}
 """
 )
@@ -121,26 +121,64 @@ redis.call('SREM', KEYS[3], ARGV[1])
 local attempts = tonumber(redis.call('HGET', KEYS[1], 'attempts'))
 if attempts >= tonumber(ARGV[2]) then
   for name, value in pairs(cjson.decode(ARGV[3])) do redis.call('HSET', KEYS[1], name, value) end
-  emit(KEYS[5], ARGV[4], ARGV[6], ARGV[7])
+  emit(KEYS[5], 'status', ARGV[4], ARGV[6], ARGV[7])
   return 'failed'
 end
 redis.call('HSET', KEYS[1], 'status', cjson.encode('queued'), 'run_token', 'null')
 redis.call('ZADD', KEYS[4], tonumber(redis.call('HGET', KEYS[1], 'sequence')), ARGV[1])
-emit(KEYS[5], ARGV[5], ARGV[6], ARGV[7])
+emit(KEYS[5], 'status', ARGV[5], ARGV[6], ARGV[7])
 return 'requeued'
 """
 )
 
-# Ask a running job to stop: only while it runs, so a cancel racing the job's end changes nothing.
-# KEYS: job hash, cancel flag, event stream. ARGV: the event's data, stream length, TTL.
-_REQUEST_CANCEL = (
+# Cancel a job in one step, whatever it is doing: a queued job is canceled and leaves the queue;
+# a running one is asked to stop (once: a repeated cancel adds no event); a finished one is left
+# alone. KEYS: job hash, queue, cancel flag, event stream. ARGV: job id, finished_at (JSON), the
+# canceled and the cancel-requested events' data, stream length, TTL.
+# Returns {outcome, old status}: 'canceled', 'requested', 'unchanged', or {'missing', false}.
+_CANCEL = (
     _EMIT
     + """
 local current = redis.call('HGET', KEYS[1], 'status')
-if not current or cjson.decode(current) ~= 'running' then return 0 end
-redis.call('SET', KEYS[2], '1', 'EX', tonumber(ARGV[3]))
-redis.call('HSET', KEYS[1], 'cancel_requested', 'true')
-emit(KEYS[3], ARGV[1], ARGV[2], ARGV[3])
+if not current then return {'missing', false} end
+local status = cjson.decode(current)
+if status == 'queued' then
+  redis.call('HSET', KEYS[1], 'status', cjson.encode('canceled'), 'finished_at', ARGV[2])
+  redis.call('ZREM', KEYS[2], ARGV[1])
+  emit(KEYS[4], 'status', ARGV[3], ARGV[5], ARGV[6])
+  return {'canceled', status}
+end
+if status == 'running' then
+  if redis.call('HGET', KEYS[1], 'cancel_requested') ~= 'true' then
+    redis.call('SET', KEYS[3], '1', 'EX', tonumber(ARGV[6]))
+    redis.call('HSET', KEYS[1], 'cancel_requested', 'true')
+    emit(KEYS[4], 'status', ARGV[4], ARGV[5], ARGV[6])
+  end
+  return {'requested', status}
+end
+return {'unchanged', status}
+"""
+)
+
+# A progress write, only by the run that holds the job: a run that lost it (its lease lapsed and
+# the job was requeued or failed) writes nothing after the job's end. KEYS: job hash, event
+# stream, loss history, snapshot image. ARGV: run token (JSON), fields (JSON object of JSON
+# values), progress event data, history line or '', snapshot image or '', snapshot event data
+# or '', stream length, TTL. Returns 1 when written, 0 when the run no longer holds the job.
+_PUBLISH = (
+    _EMIT
+    + """
+if redis.call('HGET', KEYS[1], 'run_token') ~= ARGV[1] or redis.call('HGET', KEYS[1], 'status') ~= '"running"' then
+  return 0
+end
+if ARGV[5] ~= '' then redis.call('SET', KEYS[4], ARGV[5], 'EX', tonumber(ARGV[8])) end
+for name, value in pairs(cjson.decode(ARGV[2])) do redis.call('HSET', KEYS[1], name, value) end
+if ARGV[4] ~= '' then
+  redis.call('APPEND', KEYS[3], ARGV[4])
+  redis.call('EXPIRE', KEYS[3], tonumber(ARGV[8]))
+end
+emit(KEYS[2], 'progress', ARGV[3], ARGV[7], ARGV[8])
+if ARGV[6] ~= '' then emit(KEYS[2], 'snapshot', ARGV[6], ARGV[7], ARGV[8]) end
 return 1
 """
 )
@@ -161,7 +199,8 @@ class JobStore:
         self._claim = client.register_script(_CLAIM)
         self._renew = client.register_script(_RENEW)
         self._reap = client.register_script(_REAP)
-        self._request_cancel = client.register_script(_REQUEST_CANCEL)
+        self._cancel = client.register_script(_CANCEL)
+        self._publish = client.register_script(_PUBLISH)
 
     @classmethod
     def from_url(cls, url: str, ttl_seconds: int) -> JobStore:
@@ -293,32 +332,32 @@ class JobStore:
     def completions(self, job_id: str) -> int:
         return int(self.redis.get(completions_key(job_id)) or 0)
 
-    def dequeue(self, job_id: str) -> None:
-        self.redis.zrem(QUEUE_KEY, job_id)
-
     def publish(
         self,
         job_id: str,
+        run_token: str,
         fields: dict[str, Any],
         event: dict[str, Any],
         *,
         snapshot: tuple[int, bytes] | None = None,
         history: str | None = None,
-    ) -> None:
-        """A progress write in one transaction: the job's fields, a progress event, a line of
-        loss history, and a snapshot's image with its event, so that a client that sees the
-        snapshot listed (or announced) can fetch it."""
-        pipe = self.redis.pipeline(transaction=True)
-        if snapshot is not None:
-            pipe.set(snapshot_key(job_id, snapshot[0]), snapshot[1], ex=self.ttl)
-        pipe.hset(job_key(job_id), mapping=encode_fields(fields))
-        if history:
-            pipe.append(losses_key(job_id), history)
-            pipe.expire(losses_key(job_id), self.ttl)
-        self._emit(pipe, job_id, "progress", json.dumps(event))
-        if snapshot is not None:
-            self._emit(pipe, job_id, "snapshot", json.dumps({"iteration": snapshot[0]}))
-        pipe.execute()
+    ) -> bool:
+        """A progress write in one step: the job's fields, a progress event, a line of loss
+        history, and a snapshot's image with its event, so that a client that sees the snapshot
+        listed (or announced) can fetch it. Only while `run_token` holds the job; False if not."""
+        iteration, image = snapshot if snapshot is not None else (0, b"")
+        keys = [job_key(job_id), events_key(job_id), losses_key(job_id), snapshot_key(job_id, iteration)]
+        args = [
+            json.dumps(run_token),
+            json.dumps(encode_fields(fields)),
+            json.dumps(event),
+            history or "",
+            image,
+            json.dumps({"iteration": iteration}) if snapshot is not None else "",
+            EVENTS_MAXLEN,
+            self.ttl,
+        ]
+        return bool(self._publish(keys=keys, args=args))
 
     def _emit(self, pipe: redis.client.Pipeline, job_id: str, kind: EventKind, data: str) -> None:
         pipe.xadd(events_key(job_id), {"type": kind, "data": data}, maxlen=EVENTS_MAXLEN, approximate=True)
@@ -365,12 +404,21 @@ class JobStore:
         pipe.delete(cancel_key(job_id))
         pipe.execute()
 
-    def request_cancel(self, job_id: str) -> bool:
-        """Ask the running job to stop (its run sees the flag within CHECK_SECONDS); False if it
-        is no longer running."""
-        keys = [job_key(job_id), cancel_key(job_id), events_key(job_id)]
-        event = status_event("running", cancel_requested=True)
-        return bool(self._request_cancel(keys=keys, args=[event, EVENTS_MAXLEN, self.ttl]))
+    def cancel(self, job_id: str) -> tuple[str, str | None]:
+        """Cancel a queued job, or ask a running one to stop (its run sees the flag within
+        CHECK_SECONDS); (outcome, status before): 'canceled', 'requested', 'unchanged' (finished
+        already) or 'missing'."""
+        keys = [job_key(job_id), QUEUE_KEY, cancel_key(job_id), events_key(job_id)]
+        args = [
+            job_id,
+            json.dumps(utc_now()),
+            status_event("canceled"),
+            status_event("running", cancel_requested=True),
+            EVENTS_MAXLEN,
+            self.ttl,
+        ]
+        outcome, old = self._cancel(keys=keys, args=args)
+        return outcome.decode(), (old.decode() if old else None)
 
     # -- workers ---------------------------------------------------------------------------
     def heartbeat(self, worker: str) -> None:

@@ -194,20 +194,14 @@ async def get_job(job_id: str, request: Request) -> Response:
 def cancel_job(job_id: str, store: StoreDep) -> Response:
     """Cancel a job: a queued one never starts; a running one stops within a second, and says
     `cancel_requested` until it has."""
-    record = store.get(job_id) if is_job_id(job_id) else None
-    if record is None:
+    outcome, status = store.cancel(job_id) if is_job_id(job_id) else ("missing", None)
+    if outcome == "missing":
         raise not_found()
-    applied, status = store.transition(job_id, ["queued"], {"status": "canceled", "finished_at": utc_now()})
-    if applied:
-        store.dequeue(job_id)
+    if outcome == "canceled":
         store.refresh_expiry(job_id)
-    elif status == "running":
-        store.request_cancel(job_id)
+    elif status in ("succeeded", "failed"):
+        raise Problem(409, "already-finished", "Job already finished", f"the job has {status}; nothing to cancel")
     record = store.get(job_id)
     if record is None:
         raise not_found()
-    if record.status in ("succeeded", "failed"):
-        raise Problem(
-            409, "already-finished", "Job already finished", f"the job has {record.status}; nothing to cancel"
-        )
     return json_response(view_of(record, store), 202)
