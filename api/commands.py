@@ -6,6 +6,8 @@ import argparse
 from pathlib import Path
 from typing import TextIO
 
+GRACEFUL_SHUTDOWN_SECONDS = 3
+
 
 def add_commands(commands: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     api = commands.add_parser(
@@ -41,6 +43,8 @@ def run_api(args: argparse.Namespace, stderr: TextIO) -> None:
         workers=args.workers,
         proxy_headers=True,
         log_level="info",
+        # Event streams never end by themselves: on SIGTERM wait this long, then close them.
+        timeout_graceful_shutdown=GRACEFUL_SHUTDOWN_SECONDS,
     )
 
 

@@ -18,21 +18,30 @@ import orjson
 import redis
 import redis.asyncio as aioredis
 
-from api.reader import JobReader, RawEvent
+from api.reader import JobReader, RawEvent, loads
 from api.views import event_view
 from worker.keys import TERMINAL, events_key
 
 log = logging.getLogger(__name__)
 
 ZERO_ID = b"0-0"
+READ_COUNT = 200  # entries per stream and XREAD: under a subscriber's queue, so one batch fits
 _EVENT_ID = re.compile(r"\d{1,20}-\d{1,20}")
 
 
-def parse_event_id(value: str | None) -> bytes | None:
-    """A Last-Event-ID we could have sent, as the stream id it names; anything else is None."""
-    if value is None or not _EVENT_ID.fullmatch(value.strip()):
+UINT64 = 2**64
+
+
+def parse_event_id(value: str | None, last: bytes | None) -> bytes | None:
+    """A Last-Event-ID we could have sent for a stream whose newest entry is `last`, as the id it
+    names; anything else (garbled, out of Redis' range, newer than the stream: another job's id)
+    is None, and such a client gets the whole job instead."""
+    if value is None or last is None or not _EVENT_ID.fullmatch(value.strip()):
         return None
-    return value.strip().encode()
+    event_id = value.strip().encode()
+    if any(part >= UINT64 for part in id_key(event_id)) or id_key(event_id) > id_key(last):
+        return None
+    return event_id
 
 
 def id_key(event_id: bytes) -> tuple[int, int]:
@@ -48,22 +57,31 @@ def sse(kind: str, data: object, event_id: bytes) -> bytes:
 
 @dataclass(frozen=True)
 class Event:
-    """A stream entry ready to send. `final` marks the job's end (its text is the `end` event)."""
+    """A stream entry ready to send. `final` marks the job's end: its text is the `end` event, or
+    nothing when the job is gone (the stream closes; a reconnect gets 404)."""
 
     id: bytes
     text: bytes
     final: bool = False
 
 
-async def build_event(reader: JobReader, job_id: str, raw: RawEvent) -> Event:
-    """The event clients get for a stream entry; a final status becomes `end` with the whole job."""
-    entry_id, fields = raw
-    kind = fields.get(b"type", b"").decode()
-    data = orjson.loads(fields.get(b"data", b"{}"))
-    if kind == "status" and data.get("status") in TERMINAL:
-        job = await reader.job(job_id)
-        return Event(entry_id, sse("end", job if job is not None else data, entry_id), final=True)
-    return Event(entry_id, sse(kind, event_view(job_id, kind, data), entry_id))
+async def build_events(reader: JobReader, job_id: str, raws: list[RawEvent]) -> list[Event]:
+    """The events clients get for stream entries; a final status becomes `end` with the whole job.
+    An entry that cannot be read is logged and left out; a Redis error is raised (try again)."""
+    events = []
+    for entry_id, fields in raws:
+        kind = fields.get(b"type", b"").decode(errors="replace")
+        try:
+            data = loads(fields.get(b"data", b"{}"))
+        except ValueError:
+            log.warning("job %s: event %s is not JSON; left out", job_id, entry_id.decode())
+            continue
+        if kind == "status" and data.get("status") in TERMINAL:
+            job = await reader.job(job_id)
+            events.append(Event(entry_id, sse("end", job, entry_id) if job is not None else b"", final=True))
+        else:
+            events.append(Event(entry_id, sse(kind, event_view(job_id, kind, data), entry_id)))
+    return events
 
 
 OVERFLOW = Event(ZERO_ID, b"")  # put in a queue that filled up: read the stream again
@@ -84,7 +102,7 @@ class _Feed:
 class EventHub:
     """Reads the streams of the jobs someone watches, in one task, and feeds every subscriber."""
 
-    def __init__(self, url: str, reader: JobReader, block_ms: int = 500, queue_size: int = 256) -> None:
+    def __init__(self, url: str, reader: JobReader, block_ms: int = 500, queue_size: int = 512) -> None:
         # Its own connection: it spends its life blocked in XREAD.
         self.redis = aioredis.Redis.from_url(url, socket_connect_timeout=2, socket_timeout=block_ms / 1000 + 10)
         self.reader = reader
@@ -134,22 +152,29 @@ class EventHub:
             watched = {events_key(job_id): job_id for job_id in self.feeds}
             streams = {key: self.feeds[job_id].last_id for key, job_id in watched.items()}
             try:
-                replies = await self.redis.xread(streams, count=500, block=self.block_ms)
-                for key, entries in replies or []:
-                    await self._dispatch(watched[key.decode()], entries)
+                replies = await self.redis.xread(streams, count=READ_COUNT, block=self.block_ms)
             except redis.RedisError as exc:  # Redis restarting: clients get keep-alives meanwhile
                 log.warning("event hub: Redis unavailable (%s); retrying", exc)
                 await asyncio.sleep(1.0)
-            except Exception:  # a bad entry must not stop every stream of this process
-                log.exception("event hub: could not dispatch events; going on")
-                await asyncio.sleep(1.0)
+                continue
+            # Each job on its own: one that fails does not hold back the others.
+            for key, entries in replies or []:
+                try:
+                    await self._dispatch(watched[key.decode()], entries)
+                except redis.RedisError as exc:  # its position stays: read again next round
+                    log.warning("event hub: job %s: Redis unavailable (%s); retrying", key.decode(), exc)
+                except Exception:  # a bug: skip these entries rather than stall this job's streams
+                    log.exception("event hub: job %s: could not dispatch events; skipped", key.decode())
+                    feed = self.feeds.get(watched[key.decode()])
+                    if feed is not None:
+                        feed.last_id = entries[-1][0]
 
     async def _dispatch(self, job_id: str, entries: list[RawEvent]) -> None:
         feed = self.feeds.get(job_id)
         if feed is None or not entries:
             return
-        feed.last_id = entries[-1][0]
-        events = [await build_event(self.reader, job_id, raw) for raw in entries]
+        events = await build_events(self.reader, job_id, entries)
+        feed.last_id = entries[-1][0]  # only once built: a failed build reads them again
         for subscription in list(feed.subscribers):
             for event in events:
                 try:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import json
 import time
 from collections.abc import Awaitable, Callable
 from typing import Any, Concatenate, ParamSpec, TypeVar
@@ -58,10 +59,18 @@ def bounded(
     return read
 
 
+def loads(value: bytes) -> Any:
+    """JSON from Redis: orjson (most of a poll's own work is this), or the standard library's
+    parser for the NaN and Infinity a worker of an earlier version may have written."""
+    try:
+        return orjson.loads(value)
+    except orjson.JSONDecodeError:
+        return json.loads(value)
+
+
 def decode_record(fields: dict[bytes, bytes]) -> dict[str, Any]:
-    """The job hash, each field's JSON decoded (orjson: this is most of a poll's own work); no
-    model validation on the hot path."""
-    return {name.decode(): orjson.loads(value) for name, value in fields.items()}
+    """The job hash, each field's JSON decoded; no model validation on the hot path."""
+    return {name.decode(): loads(value) for name, value in fields.items()}
 
 
 class JobReader:
@@ -98,6 +107,10 @@ class JobReader:
             return None
         rank = await self.redis.zrank(QUEUE_KEY, job_id) if record["status"] == "queued" else None
         return job_view(record, rank)
+
+    @bounded
+    async def exists(self, job_id: str) -> bool:
+        return bool(await self.redis.exists(job_key(job_id)))
 
     @bounded
     async def job_with_position(self, job_id: str) -> tuple[dict[str, Any] | None, bytes | None, bytes | None]:

@@ -6,11 +6,12 @@ import asyncio
 from collections.abc import AsyncIterator
 from typing import Annotated, Any
 
+import redis
 from fastapi import APIRouter, Header
 from fastapi.responses import Response, StreamingResponse
 
 from api.deps import HubDep, ReaderDep, SettingsDep, load_record
-from api.event_hub import OVERFLOW, ZERO_ID, Event, EventHub, build_event, id_key, parse_event_id, sse
+from api.event_hub import OVERFLOW, ZERO_ID, Event, EventHub, build_events, id_key, parse_event_id, sse
 from api.openapi import UNAVAILABLE, problems
 from api.problems import not_found
 from api.reader import JobReader
@@ -53,14 +54,14 @@ async def job_events(
     job, first, last = await reader.job_with_position(job_id)
     if job is None:
         raise not_found()
-    after = parse_event_id(last_event_id)
+    after = parse_event_id(last_event_id, last)
     if after is not None and first is not None and id_key(after) < id_key(first):
         after = None  # what it missed has been trimmed: it gets the whole job again instead
     backlog: list[Event] = []
     if after is not None and job["status"] in TERMINAL:
-        backlog = [await build_event(reader, job_id, raw) for raw in await reader.events_after(job_id, after)]
+        backlog = await build_events(reader, job_id, await reader.events_after(job_id, after))
         if not backlog:
-            return Response(status_code=204)  # tells EventSource not to reconnect
+            return Response(status_code=204)  # it has had the end: 204 tells EventSource not to reconnect
     stream = _stream(reader, hub, job_id, job, after, last or ZERO_ID, backlog, settings.sse_heartbeat_seconds)
     headers = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
     return StreamingResponse(stream, media_type="text/event-stream", headers=headers)
@@ -78,43 +79,76 @@ async def _stream(
 ) -> AsyncIterator[bytes]:
     yield b"retry: %d\n\n" % RETRY_MS
     if job["status"] in TERMINAL:
-        for event in backlog:
-            yield event.text
-            if event.final:
-                return
-        yield sse("end", job, last)  # a finished job's state, at once
+        text, ended = _sendable(backlog, after or ZERO_ID)
+        yield text if ended else text + sse("end", job, last)  # a finished job's state, at once
         return
     position = after if after is not None else last
     subscription = hub.subscribe(job_id, position)
     try:
         if after is None:
             yield sse("job", job, last)
-        pending = [await build_event(reader, job_id, raw) for raw in await reader.events_after(job_id, position)]
+        pending = await build_events(reader, job_id, await reader.events_after(job_id, position))
         while True:
-            fresh = [event for event in pending if id_key(event.id) > id_key(position)]  # no repeats
-            ended = next((i for i, event in enumerate(fresh) if event.final), None)
-            if ended is not None:
-                fresh = fresh[: ended + 1]
-            if fresh:
-                position = fresh[-1].id
-                yield b"".join(event.text for event in fresh)  # one write for what came together
-            if ended is not None:
+            text, ended = _sendable(pending, position)
+            if text:
+                yield text  # one write for what came together
+            if ended:
                 return
+            position = max([position, *(event.id for event in pending)], key=id_key)
             try:
                 async with asyncio.timeout(heartbeat):  # a timer, not a task per wait as wait_for makes
-                    first = await subscription.queue.get()
+                    pending = [await subscription.queue.get()]
             except TimeoutError:
+                if not await _still_there(reader, job_id):
+                    return  # expired or deleted: the reconnect gets 404
                 pending = []
                 yield b": keep-alive\n\n"
                 continue
-            pending = [first]
             while not subscription.queue.empty():
                 pending.append(subscription.queue.get_nowait())
-            if any(event is OVERFLOW for event in pending):  # it fell behind: what it missed is in the stream
-                raws = await reader.events_after(job_id, position)
-                pending = [await build_event(reader, job_id, raw) for raw in raws]
+            if any(event is OVERFLOW for event in pending):  # it fell behind: read the stream itself
+                caught_up = await _catch_up(reader, job_id, position)
+                if caught_up is None:
+                    return  # the job is gone
+                resync, position, pending = caught_up
+                if resync:
+                    yield resync
     finally:
         hub.unsubscribe(subscription)
+
+
+async def _still_there(reader: JobReader, job_id: str) -> bool:
+    """Whether the job still exists; while Redis is away, assume it does (keep the stream)."""
+    try:
+        return await reader.exists(job_id)
+    except redis.RedisError:
+        return True
+
+
+def _sendable(events: list[Event], position: bytes) -> tuple[bytes, bool]:
+    """The text of the events after `position` (no repeats), up to the end, and whether it came."""
+    texts = []
+    for event in events:
+        if event is OVERFLOW or id_key(event.id) <= id_key(position):
+            continue  # read from the stream and delivered by the hub too
+        texts.append(event.text)
+        if event.final:
+            return b"".join(texts), True
+    return b"".join(texts), False
+
+
+async def _catch_up(reader: JobReader, job_id: str, position: bytes) -> tuple[bytes, bytes, list[Event]] | None:
+    """What a client that fell behind at `position` missed: the entries since; or, if some of
+    them have been trimmed away, the whole job again (a `job` event) and the entries after it.
+    Returns (that `job` event or nothing, the new position, the entries); None if the job is gone."""
+    job, first, last = await reader.job_with_position(job_id)
+    if job is None:
+        return None
+    if first is not None and last is not None and id_key(first) > id_key(position):
+        position, resync = last, sse("job", job, last)
+    else:
+        resync = b""
+    return resync, position, await build_events(reader, job_id, await reader.events_after(job_id, position))
 
 
 @router.get(
