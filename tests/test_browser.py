@@ -144,7 +144,8 @@ def test_a_job_submitted_through_the_page_runs_live_to_its_result(
     by_testid(driver, "style-input").send_keys("\n".join([str(STARRY), str(SCREAM)]))
     assert len(driver.find_elements(By.CSS_SELECTOR, ".style-picker .thumb img")) == 2
     assert len(driver.find_elements(By.CSS_SELECTOR, ".content-picker .thumb img")) == 1
-    for name, value in {"iterations": "150", "height": "32", "width": "32"}.items():
+    # Long enough (several seconds even on a fast machine) for the page to see it run.
+    for name, value in {"iterations": "300", "height": "32", "width": "32"}.items():
         set_param(driver, name, value)
     driver.find_element(By.CSS_SELECTOR, "details.advanced > summary").click()
     set_param(driver, "snapshot_every", "40")  # not its default (50): proves the advanced inputs are sent
@@ -169,7 +170,7 @@ def test_a_job_submitted_through_the_page_runs_live_to_its_result(
     assert all(f"/jobs/{job_id}/snapshots/" in url for url in seen["snapshots"])
     assert len(set(seen["progress"])) >= 2 and seen["progress"] == sorted(seen["progress"]), seen
     assert len(driver.find_elements(By.CSS_SELECTOR, "[data-testid='snapshot']")) == 1  # replaced, not added
-    assert by_testid(driver, "progress").get_attribute("value") == "150"
+    assert by_testid(driver, "progress").get_attribute("value") == "300"
     assert wait(driver, lambda d: chart_points(d) > 1, 30, "the loss chart stayed empty")
     assert by_testid(driver, "cancel").get_attribute("disabled") is not None
     assert text_of(driver, "error") == ""
@@ -180,7 +181,7 @@ def test_a_job_submitted_through_the_page_runs_live_to_its_result(
     job = client.get(f"/jobs/{job_id}").json()
     assert job["status"] == "succeeded"
     assert {k: job["params"][k] for k in ("iterations", "height", "width", "snapshot_every")} == {
-        "iterations": 150,
+        "iterations": 300,
         "height": 32,
         "width": 32,
         "snapshot_every": 40,

@@ -11,6 +11,7 @@ import { showError, clearError } from "./notice.js";
 
 const RANK = { queued: 0, running: 1, succeeded: 2, failed: 2, canceled: 2 };
 const QUEUED_REFRESH_MS = 3000; // no event says the queue moved: ask now and then while queued
+const RETRY_MS = 2000; // a first read that failed (the service restarting, say) is tried again
 
 /** Whether `a` is an older state than `b` (answers and events can cross on the wire). */
 function older(a, b) {
@@ -63,7 +64,7 @@ export class JobView {
   async open(id, known) {
     this.close();
     const token = (this.token = Symbol(id)); // answers for a job no longer shown are dropped
-    Object.assign(this, { id, job: null, transient: null, rate: null, attempt: null });
+    Object.assign(this, { id, job: null, transient: null, refused: null, rate: null, attempt: null });
     this.history = new LossHistory();
     this.el.id.textContent = id;
     this.el.snapshot.removeAttribute("src");
@@ -72,13 +73,20 @@ export class JobView {
     if (known) this.applyJob(known);
     else this.render();
     let job;
-    try {
-      job = await getJob(id);
-    } catch (error) {
-      if (this.token === token) this.problem(asProblem(error));
-      return;
+    while (!job) {
+      try {
+        job = await getJob(id);
+      } catch (error) {
+        if (this.token !== token) return;
+        const problem = asProblem(error);
+        this.problem(problem);
+        if (problem.status === 404) return; // no such job (or it expired): nothing to wait for
+        await new Promise((resolve) => setTimeout(resolve, RETRY_MS));
+        if (this.token !== token) return;
+      }
     }
     if (this.token !== token) return;
+    if (this.transient) this.problem(null);
     this.applyJob(job);
     this.loadLosses();
     if (isFinal(this.job)) return; // nothing more will happen: no stream to open
@@ -129,10 +137,13 @@ export class JobView {
 
   async cancel() {
     this.el.cancel.disabled = true;
+    this.refused = null;
     try {
       this.applyJob(await cancelJob(this.id));
     } catch (error) {
-      this.problem(asProblem(error)); // e.g. 409: it finished meanwhile; the stream brings the end
+      // e.g. 409: it finished meanwhile; the stream brings the end. Kept until the next click,
+      // unlike a failed read, which the next working request clears.
+      this.refused = asProblem(error);
     }
     this.render();
   }
@@ -187,7 +198,7 @@ export class JobView {
 
   render() {
     const { el, job } = this;
-    const error = job?.error || this.transient;
+    const error = job?.error || this.refused || this.transient;
     if (error) showError(error);
     else clearError();
     if (!job) {

@@ -53,8 +53,10 @@ export class RecentJobs {
     try {
       page = await listJobs(LIMIT);
     } catch (error) {
+      if (!this.active) return;
       const message = `Could not load the jobs: ${asProblem(error).detail}`;
-      if (this.active) this.list.replaceChildren(h("li", { class: "muted" }, message));
+      this.list.replaceChildren(h("li", { class: "muted" }, message));
+      this.timer = setTimeout(() => this.refresh(), REFRESH_MS); // the service may be restarting
       return;
     }
     if (!this.active) return;
