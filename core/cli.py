@@ -95,6 +95,16 @@ def add_stylize_command(commands: argparse._SubParsersAction) -> None:  # type: 
     sub.add_argument("-q", "--quiet", action="store_true", help="no progress output")
     group = sub.add_argument_group("style parameters (defaults: the seed's)")
     for name, info in StyleParams.model_fields.items():
+        if name == "scales":
+            group.add_argument(
+                "--scales",
+                dest=name,
+                default=None,
+                metavar="auto|SIZE:ITERATIONS,...",
+                help='coarse-to-fine: "auto" (from 128 px up by sqrt(2)) or stages such as 256:300,512:200 '
+                "(long side in px : iterations, the last at the working size's long side; default: one scale)",
+            )
+            continue
         options = _option_for(name, info.annotation)
         default = info.get_default(call_default_factory=True)
         group.add_argument(
@@ -113,6 +123,9 @@ def params_from_args(args: argparse.Namespace) -> StyleParams:
         value = getattr(args, name)
         if value is None:
             continue
+        if name == "scales":
+            given[name] = parse_scales(value)
+            continue
         given[name] = _split_list(value) if isinstance(value, list) else value
     try:
         return StyleParams(**given)
@@ -120,10 +133,23 @@ def params_from_args(args: argparse.Namespace) -> StyleParams:
         raise CommandError(describe_validation_error(exc)) from exc
 
 
+def parse_scales(text: str) -> str | list[dict[str, str]]:
+    """`auto`, or `256:300,512:200` as [{"size": "256", "iterations": "300"}, ...] for pydantic."""
+    if text.strip() == "auto":
+        return "auto"
+    stages = []
+    for part in text.split(","):
+        size, colon, iterations = part.strip().partition(":")
+        if not colon or not size or not iterations:
+            raise CommandError(f"--scales: {part.strip()!r} is not SIZE:ITERATIONS (e.g. 256:300,512:200) or auto")
+        stages.append({"size": size, "iterations": iterations})
+    return stages
+
+
 def describe_validation_error(exc: ValidationError) -> str:
     parts = []
     for error in exc.errors():
-        where = ".".join(str(p) for p in error["loc"]) or "parameters"
+        where = ".".join(str(p) for p in error["loc"] if p not in ("list", "auto")) or "parameters"
         message = str(error["msg"]).removeprefix("Value error, ")
         parts.append(f"{where}: {message}")
     return "; ".join(parts)
@@ -144,6 +170,7 @@ def run_stylize(args: argparse.Namespace, stderr: TextIO) -> None:
     if args.snapshots is not None:
         args.snapshots.mkdir(parents=True, exist_ok=True)
     source = WeightsSource.parse(args.weights) if args.weights is not None else WeightsSource.from_env()
+    checkpointing = plan_memory(params, content.size[::-1], args.device)
     bar = None if args.quiet else ProgressBar(stderr, params.iterations)
     label = source.label
 
@@ -162,6 +189,7 @@ def run_stylize(args: argparse.Namespace, stderr: TextIO) -> None:
         weights=source,
         on_progress=on_progress,
         report_every=1 if bar is not None and bar.interactive else None,
+        checkpointing=checkpointing,
     )
     if bar is not None:
         bar.close()
@@ -169,6 +197,7 @@ def run_stylize(args: argparse.Namespace, stderr: TextIO) -> None:
         "weights": result.weights,
         "seed": str(result.seed),
         "params": params.model_dump_json(),
+        "checkpointing": str(result.checkpointing).lower(),
     }
     save_image(result.image, args.output, metadata)
     if not args.quiet and result.losses is not None:
@@ -177,6 +206,37 @@ def run_stylize(args: argparse.Namespace, stderr: TextIO) -> None:
             f"{result.losses.total:.4g} at iteration {result.best_iteration} of {result.iterations_run}; "
             f"{result.elapsed:.1f} s on {result.device}; weights: {result.weights}; seed {result.seed}\n"
         )
+
+
+def plan_memory(params: StyleParams, original: tuple[int, int], device: str | None) -> bool:
+    """Whether to checkpoint, as the service's worker decides it: within NST_MEMORY_BUDGET_BYTES
+    or 85% of the memory free now; a job that cannot fit even so is refused before it starts."""
+    import os
+
+    from core.device import resolve_device
+    from core.engine import EngineOptions
+    from core.memory import default_budget, plan, too_big_detail
+    from core.scales import plan_stages
+    from core.sizes import working_size
+
+    resolved = resolve_device(device)
+    raw = os.environ.get("NST_MEMORY_BUDGET_BYTES", "").strip()
+    if raw and not raw.isdigit():
+        raise CommandError(f"NST_MEMORY_BUDGET_BYTES={raw!r}: give a number of bytes")
+    budget = int(raw) if raw else default_budget(str(resolved))
+    size = working_size(original, params)
+    stages = plan_stages(params, size)
+    device_type = "cuda" if resolved.type == "cuda" else "cpu"
+    precision = EngineOptions.for_device(resolved).precision
+    estimate = plan(
+        size, params, budget, device_type=device_type, precision=precision, original=original,
+        sizes=[stage.size for stage in stages[:-1]],
+    )  # fmt: skip
+    if estimate.bytes > budget:
+        raise CommandError(too_big_detail(size, estimate.bytes, budget, "the memory budget"))
+    if estimate.checkpointing:
+        log.warning("recomputing activations (checkpointing) to fit the memory budget: slower, same picture")
+    return estimate.checkpointing
 
 
 def run_fetch_weights(args: argparse.Namespace, stderr: TextIO) -> None:

@@ -72,6 +72,7 @@ def loss_function(extractor: VGGFeatures, params: StyleParams, options: EngineOp
     key = (
         id(extractor.features[0]),  # the shared, cached network (core.vgg keeps it alive)
         extractor.layers,
+        extractor.checkpointing,
         eager.content_layer_weights,
         eager.style_layer_weights,
         eager.alpha,

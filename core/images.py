@@ -1,4 +1,4 @@
-"""Working sizes, the seed's pixel space and colour transfer (decoding files is core.decode)."""
+"""The seed's pixel space and colour transfer (sizes are core.sizes, decoding files core.decode)."""
 
 from __future__ import annotations
 
@@ -7,27 +7,10 @@ import torch
 from PIL import Image
 
 from core.decode import Size, image_size
-from core.params import MIN_SIDE, StyleParams
+from core.sizes import style_size, working_size
 from core.vgg import CAFFE_MEAN
 
-
-def working_size(content: Size, params: StyleParams) -> Size:
-    """(height, width) of the optimisation: the requested box, or the content fitted inside it."""
-    if not params.keep_aspect:
-        return params.height, params.width
-    return _fit(content, (params.height, params.width))
-
-
-def style_size(style: Size, working: Size, params: StyleParams) -> Size:
-    """Style images are stretched to the working size (the seed), scaled by style_scale; with
-    keep_aspect they keep their own aspect ratio inside that box."""
-    box = (max(MIN_SIDE, round(working[0] * params.style_scale)), max(MIN_SIDE, round(working[1] * params.style_scale)))
-    return _fit(style, box) if params.keep_aspect else box
-
-
-def _fit(size: Size, box: Size) -> Size:
-    scale = min(box[0] / size[0], box[1] / size[1])
-    return max(MIN_SIDE, round(size[0] * scale)), max(MIN_SIDE, round(size[1] * scale))
+__all__ = ["from_seed_space", "resize", "style_size", "to_seed_space", "transfer_luminance", "working_size"]
 
 
 def resize(img: Image.Image, size: Size) -> Image.Image:

@@ -10,6 +10,7 @@ from collections.abc import Sequence
 
 import torch
 from torch import nn
+from torch.utils.checkpoint import checkpoint
 
 from core.losses import content_loss, style_loss, style_target_gram, total_variation
 from core.params import StyleParams
@@ -54,7 +55,11 @@ class LossFunction(nn.Module):
             content = content + weight * content_loss(f, target)
         style = zero
         for weight, f, target in zip(self.style_layer_weights, maps[self.content_count :], style_targets, strict=True):
-            style = style + weight * style_loss(f, target)
+            if self.extractor.checkpointing and f.requires_grad:
+                # The Gram's fp32 copy of a bf16 map is made again in the backward, not kept.
+                style = style + weight * checkpoint(style_loss, f, target, use_reentrant=False)
+            else:
+                style = style + weight * style_loss(f, target)
         tv = total_variation(x) if self.tv_weight > 0 else zero
         total = self.alpha * content + self.beta * style + self.tv_weight * tv
         return torch.stack([total, content, style, tv])

@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import itertools
 import math
 from typing import Annotated, Any, Literal
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, model_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Discriminator, Field, Tag, model_validator
 
 from core.layers import SELECTABLE_LAYERS
 
@@ -33,8 +34,31 @@ LayerName = Annotated[str, AfterValidator(_check_layer)]
 Weight = Annotated[float, Field(ge=0.0), AfterValidator(_check_finite)]
 Side = Annotated[int, Field(ge=MIN_SIDE, le=MAX_SIDE)]
 
+MAX_SCALES = 16
+
 InitKind = Literal["blend", "content", "style", "noise"]
 PoolingKind = Literal["avg", "max"]
+
+
+class Scale(BaseModel):
+    """One stage of a coarse-to-fine run."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    size: Side = Field(description="long side of the working image at this stage, pixels")
+    iterations: int = Field(ge=1, le=MAX_ITERATIONS, description="optimiser steps at this stage")
+
+
+def _schedule_kind(value: Any) -> str:
+    """Which form of `scales` a value is meant as, so an error names only that form's problem."""
+    return "list" if isinstance(value, list | tuple) else "auto"
+
+
+ScaleSchedule = Annotated[
+    Annotated[Literal["auto"], Tag("auto")]
+    | Annotated[list[Scale], Field(min_length=1, max_length=MAX_SCALES), Tag("list")],
+    Discriminator(_schedule_kind),
+]
 
 
 class StyleParams(BaseModel):
@@ -82,6 +106,42 @@ class StyleParams(BaseModel):
     snapshot_every: int = Field(
         50, ge=1, le=MAX_ITERATIONS, description="snapshot period in iterations (plus iteration 1)"
     )
+    scales: ScaleSchedule | None = Field(
+        None,
+        description="coarse-to-fine: null runs at the working size only; a list of {size, iterations} runs each "
+        "in turn, sizes (long side, px) increasing to the working size's long side, iterations then their sum; "
+        '"auto" goes from 128 px up by sqrt(2) to the working size, the first stage taking twice the '
+        "iterations of each later one, `iterations` in all",
+    )
+
+    @model_validator(mode="before")
+    @classmethod
+    def _total_of_scales(cls, data: Any) -> Any:
+        """With a list of scales, `iterations` is their sum unless given (then it must be)."""
+        stages = data.get("scales") if isinstance(data, dict) else None
+        if isinstance(stages, list) and stages and "iterations" not in data:
+            try:
+                total = sum(int(_field(stage, "iterations")) for stage in data["scales"])
+            except (TypeError, ValueError, KeyError, AttributeError):
+                return data  # the field's own validation says what is wrong
+            return {**data, "iterations": total}
+        return data
+
+    @model_validator(mode="after")
+    def _check_scales(self) -> StyleParams:
+        if not isinstance(self.scales, list):
+            return self
+        sizes = [stage.size for stage in self.scales]
+        if any(b <= a for a, b in itertools.pairwise(sizes)):
+            raise ValueError(f"scales: sizes must increase, got {sizes}")
+        total = sum(stage.iterations for stage in self.scales)
+        if total != self.iterations:
+            raise ValueError(f"iterations is {self.iterations} but the scales add up to {total}; give one or the other")
+        if not self.keep_aspect and sizes[-1] != max(self.height, self.width):
+            raise ValueError(
+                f"scales: the last size must be the working size's long side, {max(self.height, self.width)} px"
+            )
+        return self
 
     @model_validator(mode="after")
     def _check_lists(self) -> StyleParams:
@@ -128,6 +188,10 @@ class StyleParams(BaseModel):
 
     def is_snapshot(self, iteration: int) -> bool:
         return iteration == 1 or iteration % self.snapshot_every == 0
+
+
+def _field(stage: Any, name: str) -> Any:
+    return stage[name] if isinstance(stage, dict) else getattr(stage, name)
 
 
 def fill_defaults(schema: dict[str, Any]) -> None:

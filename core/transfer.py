@@ -9,8 +9,10 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from functools import cached_property
+from typing import Any
 
 import torch
+import torch.nn.functional as F
 from PIL import Image
 
 from core.checkpoint import Checkpoint
@@ -20,6 +22,7 @@ from core.engine import EngineOptions, loss_function, mark_iteration
 from core.images import from_seed_space, style_size, to_seed_space, transfer_luminance, working_size
 from core.objective import LOSS_TERMS, compute_targets
 from core.params import StyleParams
+from core.scales import plan_stages, stage_of
 from core.vgg import vgg_extractor
 from core.weights import WeightsSource
 
@@ -62,6 +65,9 @@ class Progress:
     elapsed: float
     iterations_per_second: float
     is_snapshot: bool
+    stage: int  # coarse-to-fine: which stage runs (from 1), of `stages`, at `stage_size`
+    stages: int
+    stage_size: Size
     _loss_values: torch.Tensor = field(repr=False, compare=False)
     _render: Callable[[], Image.Image] = field(repr=False, compare=False)
 
@@ -93,6 +99,8 @@ class StyleResult:
     device: str
     working_size: Size
     elapsed: float
+    checkpointing: bool = False  # whether the network's inside was recomputed rather than stored
+    stage_sizes: list[Size] = field(default_factory=list)  # the working sizes run, in order
 
 
 ProgressCallback = Callable[[Progress], None]
@@ -113,6 +121,7 @@ def stylize(
     checkpoint_every: int | None = None,
     on_checkpoint: CheckpointCallback | None = None,
     resume: Checkpoint | None = None,
+    checkpointing: bool = False,
 ) -> StyleResult:
     """Optimise an image with `content`'s content and `styles`' style.
 
@@ -120,7 +129,12 @@ def stylize(
     with `report_every`, that often and at the last iteration too, `is_snapshot` telling which);
     `should_stop` is asked before every iteration and ends the run cleanly with the best image so far.
     `on_checkpoint` receives the whole state every `checkpoint_every` iterations; `resume`
-    continues from such a checkpoint as if the run had never stopped.
+    continues from such a checkpoint as if the run had never stopped. `checkpointing` recomputes
+    the network's inside in the backward pass instead of storing it (core.memory says when).
+
+    With `params.scales`, the stages run in turn (core.scales): each starts from the last one's
+    image, upsampled (bicubic), with Adam's moments resized along, and recomputes its targets
+    at its size. Iterations count across stages; the best image is the last stage's.
     """
     params = params or StyleParams()
     if not styles:
@@ -134,105 +148,147 @@ def stylize(
     styles = [to_rgb(s) for s in styles]
     original = image_size(content)
     size = working_size(original, params)
-    content_x = to_seed_space(content, size).to(run_device)
-    style_xs = [to_seed_space(s, style_size(image_size(s), size, params)).to(run_device) for s in styles]
+    stages = plan_stages(params, size)
 
     options = EngineOptions.for_device(run_device)
     layout = options.memory_format
-    content_x = content_x.contiguous(memory_format=layout)
-    style_xs = [s.contiguous(memory_format=layout) for s in style_xs]
     extractor = vgg_extractor(
         [*params.content_layers, *params.style_layers],
         pooling=params.pooling,
         source=source,
         device=run_device,
         channels_last=options.channels_last,
+        checkpointing=checkpointing,
     )
-    targets = compute_targets(extractor, params, content_x, style_xs, blend)
     loss = loss_function(extractor, params, options)
-    if resume is not None:
-        if tuple(resume.image.shape[2:]) != size:
-            raise ValueError(f"the checkpoint is {tuple(resume.image.shape[2:])}, the job works at {size}")
-        seed = resume.seed
-        start_image = resume.image
-    else:
-        start_image = initial_image(params, content_x, style_xs[0], seed)
-    x = start_image.to(run_device).contiguous(memory_format=layout).requires_grad_(True)
-    optimizer = torch.optim.Adam(
-        [x], lr=params.learning_rate, betas=ADAM_BETAS, eps=ADAM_EPS, fused=run_device.type == "cuda"
-    )
 
     def render(pixels: torch.Tensor) -> Image.Image:
         image = from_seed_space(pixels, original)
         return transfer_luminance(image, content) if params.preserve_colors else image
 
+    done = 0  # iterations completed
+    x: torch.Tensor | None = None
+    optimizer_state: dict[str, Any] | None = None
     # The best image is tracked on the device, so the loop never waits for the GPU to learn
     # whether a loss fell; only reports read numbers back.
-    best_x = x.detach().clone()
+    best_x: torch.Tensor | None = None
     best_losses = torch.full((len(LOSS_TERMS),), math.inf, device=run_device)
     best_iteration = torch.zeros((), dtype=torch.long, device=run_device)
-    iterations_run = 0
     if resume is not None:
-        optimizer.load_state_dict(resume.optimizer_state)
+        expected = stages[stage_of(stages, resume.iteration)].size
+        if tuple(resume.image.shape[2:]) != expected:
+            raise ValueError(f"the checkpoint is {tuple(resume.image.shape[2:])}, the job works at {expected}")
+        seed, done, x, optimizer_state = resume.seed, resume.iteration, resume.image, resume.optimizer_state
         best_x = resume.best_image.to(run_device)
         best_losses = resume.best_losses.to(run_device)
         best_iteration = torch.tensor(resume.best_iteration, device=run_device)
-        iterations_run = resume.iteration
 
     start = last_time = time.perf_counter()
-    last_iteration = iterations_run
+    last_report = done
     stopped = False
-    for iteration in range(iterations_run + 1, params.iterations + 1):
-        if should_stop is not None and should_stop():
-            stopped = True
-            break
-        mark_iteration(options, run_device)
-        optimizer.zero_grad(set_to_none=True)
-        losses = loss(x, *targets)
-        losses[0].backward()
-        with torch.no_grad():
-            # The image whose loss was measured, before the step (not the seed's quirk of
-            # storing the image after the update).
-            better = losses[0] < best_losses[0]
-            best_losses = torch.where(better, losses.detach(), best_losses)
-            best_x = torch.where(better, x.detach(), best_x)
-            best_iteration = torch.where(better, iteration, best_iteration)
-        iterations_run = iteration
-        snapshot = params.is_snapshot(iteration)
-        reported = report_every and (iteration % report_every == 0 or iteration == params.iterations)
-        if on_progress is not None and (snapshot or reported):
-            now = time.perf_counter()
-            rate = (iteration - last_iteration) / max(now - last_time, 1e-9)
-            last_time, last_iteration = now, iteration
-            frozen = x.detach().clone()
-            on_progress(
-                Progress(
-                    iteration=iteration,
-                    total=params.iterations,
-                    _loss_values=losses.detach().clone(),  # a CUDA graph reuses its output buffer
-                    elapsed=now - start,
-                    iterations_per_second=rate,
-                    is_snapshot=snapshot,
-                    _render=lambda pixels=frozen: render(pixels),
+    for index, stage in enumerate(stages):
+        if stage.last <= done:
+            continue
+        content_x = to_seed_space(content, stage.size).to(run_device).contiguous(memory_format=layout)
+        style_xs = [to_seed_space(s, style_size(image_size(s), stage.size, params)).to(run_device) for s in styles]
+        style_xs = [s.contiguous(memory_format=layout) for s in style_xs]
+        targets = compute_targets(extractor, params, content_x, style_xs, blend)
+        if x is None:
+            x = initial_image(params, content_x, style_xs[0], seed)
+        elif tuple(x.shape[2:]) != stage.size:
+            x = upsample(x.to(run_device), stage.size)
+            optimizer_state = resize_adam_state(optimizer_state, stage.size) if optimizer_state else None
+        del content_x, style_xs  # the targets hold what the stage needs
+        x = x.to(run_device).contiguous(memory_format=layout).requires_grad_(True)
+        optimizer = torch.optim.Adam(
+            [x], lr=params.learning_rate, betas=ADAM_BETAS, eps=ADAM_EPS, fused=run_device.type == "cuda"
+        )
+        if optimizer_state is not None:
+            optimizer.load_state_dict(optimizer_state)
+        if done < stage.first:  # a stage starting now: its best image is its own
+            best_x = x.detach().clone()
+            best_losses = torch.full((len(LOSS_TERMS),), math.inf, device=run_device)
+            best_iteration = torch.zeros((), dtype=torch.long, device=run_device)
+        assert best_x is not None
+        for iteration in range(done + 1, stage.last + 1):
+            if should_stop is not None and should_stop():
+                stopped = True
+                break
+            mark_iteration(options, run_device)
+            optimizer.zero_grad(set_to_none=True)
+            losses = loss(x, *targets)
+            losses[0].backward()
+            with torch.no_grad():
+                # The image whose loss was measured, before the step (not the seed's quirk of
+                # storing the image after the update).
+                better = losses[0] < best_losses[0]
+                best_losses = torch.where(better, losses.detach(), best_losses)
+                best_x = torch.where(better, x.detach(), best_x)
+                best_iteration = torch.where(better, iteration, best_iteration)
+            done = iteration
+            snapshot = params.is_snapshot(iteration)
+            reported = report_every and (iteration % report_every == 0 or iteration == params.iterations)
+            if on_progress is not None and (snapshot or reported):
+                now = time.perf_counter()
+                rate = (iteration - last_report) / max(now - last_time, 1e-9)
+                last_time, last_report = now, iteration
+                frozen = x.detach().clone()
+                on_progress(
+                    Progress(
+                        iteration=iteration,
+                        total=params.iterations,
+                        elapsed=now - start,
+                        iterations_per_second=rate,
+                        is_snapshot=snapshot,
+                        stage=index + 1,
+                        stages=len(stages),
+                        stage_size=stage.size,
+                        _loss_values=losses.detach().clone(),  # a CUDA graph reuses its output buffer
+                        _render=lambda pixels=frozen: render(pixels),
+                    )
                 )
-            )
-        optimizer.step()
-        if on_checkpoint is not None and checkpoint_every and iteration % checkpoint_every == 0:
-            on_checkpoint(Checkpoint.capture(iteration, x, optimizer, best_x, best_losses, best_iteration, seed))
+            optimizer.step()
+            if on_checkpoint is not None and checkpoint_every and iteration % checkpoint_every == 0:
+                on_checkpoint(Checkpoint.capture(iteration, x, optimizer, best_x, best_losses, best_iteration, seed))
+        optimizer_state = optimizer.state_dict()
+        x = x.detach()
+        if stopped:
+            break
 
-    ran = iterations_run > 0
+    ran = done > 0
     return StyleResult(
-        image=render(best_x),
+        image=render(best_x if best_x is not None else x),
         losses=Losses.from_tensor(best_losses) if ran else None,
         best_iteration=int(best_iteration.item()),
-        iterations_run=iterations_run,
+        iterations_run=done,
         stopped=stopped,
         seed=seed,
         weights=source.label,
         device=str(run_device),
         working_size=size,
         elapsed=time.perf_counter() - start,
+        checkpointing=checkpointing,
+        stage_sizes=[stage.size for stage in stages],
     )
+
+
+def upsample(x: torch.Tensor, size: Size) -> torch.Tensor:
+    """The image at the next stage's size (bicubic, as crowsonkb's schedule does)."""
+    return F.interpolate(x.detach().float(), size=size, mode="bicubic", align_corners=False)
+
+
+def resize_adam_state(state: dict[str, Any], size: Size) -> dict[str, Any]:
+    """Adam's moments resized with the image, so the next stage goes on where this one was: the
+    first moment bicubic, the second bilinear and kept non-negative (it is a square)."""
+    resized: dict[str, Any] = {"param_groups": state["param_groups"], "state": {}}
+    for key, moments in state["state"].items():
+        moved = dict(moments)
+        moved["exp_avg"] = F.interpolate(moments["exp_avg"], size=size, mode="bicubic", align_corners=False)
+        moved["exp_avg_sq"] = F.interpolate(
+            moments["exp_avg_sq"], size=size, mode="bilinear", align_corners=False
+        ).clamp_(min=0)
+        resized["state"][key] = moved
+    return resized
 
 
 def initial_image(params: StyleParams, content: torch.Tensor, style: torch.Tensor, seed: int) -> torch.Tensor:

@@ -1,0 +1,262 @@
+"""How much memory a job needs at its peak, and how much a worker may give it.
+
+The model counts, layer by layer, the tensors that the backward pass keeps and the largest
+working set it needs on top (core.vgg's forward, with and without activation checkpointing),
+in the bytes of the job's precision. Two fitted constants per device type turn that count into
+a measured peak: a scale (the allocator's rounding and the copies autograd makes that the count
+leaves out) and a fixed part. `bench/memory.py` measures peaks at several sizes, fits them and
+prints estimate against measurement; the constants below come from its last run (see
+docs/benchmarks.md). Pure Python: the API estimates a job without importing torch.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+from core.decode import Size
+from core.layers import CONV_CHANNELS, CONVS_PER_BLOCK, layer_index
+from core.params import StyleParams
+
+Precision = Literal["fp32", "bf16"]
+DeviceType = Literal["cpu", "cuda"]
+
+BUDGET_SHARE = 0.85  # of the free memory, the rest left to the allocator's slack and other users
+# Decoded inputs and the rendered output at the content's original size (RGB bytes plus the
+# float copies made while converting): not fitted, small beside the network's maps.
+ORIGINAL_BYTES_PER_PIXEL = 16
+
+
+@dataclass(frozen=True)
+class Calibration:
+    scale: float  # measured peak / counted bytes
+    fixed: int  # bytes a job takes whatever its size
+
+
+# Fitted by bench/memory.py on the development machine's CPU (torch 2.14.1, fp32, peaks of the
+# resident set at 128 to 512 px; docs/benchmarks.md). CUDA has not been measured yet: it takes
+# the CPU's scales, and 256 MB more for cuDNN's workspaces, until the bench runs on a GPU.
+CALIBRATION: dict[tuple[DeviceType, bool], Calibration] = {
+    ("cpu", False): Calibration(scale=0.989, fixed=4_900_000),
+    ("cpu", True): Calibration(scale=0.910, fixed=11_000_000),
+    ("cuda", False): Calibration(scale=0.989, fixed=256_000_000),
+    ("cuda", True): Calibration(scale=0.910, fixed=256_000_000),
+}
+
+
+@dataclass(frozen=True)
+class Counted:
+    """Bytes the backward pass keeps (`kept`) and the largest working set on top (`working`)."""
+
+    kept: int
+    working: int
+
+    @property
+    def total(self) -> int:
+        return self.kept + self.working
+
+
+@dataclass(frozen=True)
+class _Map:
+    index: int  # torchvision features index of the module that made it
+    kind: Literal["conv", "relu", "pool"]
+    elements: int
+
+
+def _maps(size: Size, depth: int) -> list[_Map]:
+    """Every feature map of VGG-19's first `depth` modules for an image of `size`."""
+    height, width = size
+    maps: list[_Map] = []
+    index = 0
+    channels = iter(CONV_CHANNELS)
+    for convs in CONVS_PER_BLOCK:
+        for _ in range(convs):
+            c = next(channels)
+            for kind in ("conv", "relu"):
+                if index < depth:
+                    maps.append(_Map(index, kind, c * height * width))  # type: ignore[arg-type]
+                index += 1
+        height, width = height // 2, width // 2
+        if index < depth:
+            maps.append(_Map(index, "pool", c * height * width))
+        index += 1
+    return maps
+
+
+def count_bytes(size: Size, params: StyleParams, precision: Precision, checkpointing: bool) -> Counted:
+    """The tensors of one iteration at working `size`, counted from the network's shapes."""
+    layers = [*params.content_layers, *params.style_layers]
+    taps = {layer_index(name) for name in layers}
+    depth = max(taps) + 1
+    maps = _maps(size, depth)
+    feature = 2 if precision == "bf16" else 4  # bytes of a map under autocast, or in fp32
+    pixels = size[0] * size[1]
+    # The image, its gradient, Adam's two moments, the best image, the content image: fp32.
+    image_state = 6 * 3 * pixels * 4
+    content_targets = sum(m.elements * 4 for m in maps if m.index in {layer_index(n) for n in params.content_layers})
+    # A loss reads its map in fp32: under bf16 that is a copy the Gram's product keeps.
+    loss_copies = sum(m.elements * 4 for m in maps if m.index in taps) if precision == "bf16" else 0
+    largest = max(m.elements for m in maps) * feature
+    max_pool = params.pooling == "max"
+    if not checkpointing:
+        # A convolution keeps its input (the last ReLU's or pool's output), a ReLU its output, max
+        # pooling its indices; a convolution's own output is freed unless a loss reads it.
+        kept_maps = sum(m.elements * feature for m in maps if m.kind != "conv" or m.index in taps)
+        indices = sum(m.elements * 8 for m in maps if m.kind == "pool") if max_pool else 0
+        kept = image_state + content_targets + kept_maps + indices + loss_copies
+        # Backward: the gradients of a ReLU's output and of its convolution's, beside the stored.
+        return Counted(kept=kept, working=2 * largest)
+    # Checkpointed: only each segment's output survives the forward pass (the maps the losses
+    # read and the pools' outputs); a segment's inside is made again during its backward, and
+    # the losses' fp32 copies too.
+    boundaries = sorted({*taps, *(m.index for m in maps if m.kind == "pool")})
+    kept = image_state + content_targets + sum(m.elements * feature for m in maps if m.index in boundaries)
+    working = 0
+    start = 0
+    for end in boundaries:
+        inside = [m for m in maps if start <= m.index < end]
+        if inside:
+            recomputed = sum(m.elements * feature for m in inside if m.kind != "conv")
+            working = max(working, recomputed + 2 * max(m.elements for m in inside) * feature)
+        start = end + 1
+    copies = max((m.elements * 4 for m in maps if m.index in taps), default=0) if precision == "bf16" else 0
+    return Counted(kept=kept, working=max(working, 2 * largest) + copies)
+
+
+@dataclass(frozen=True)
+class MemoryEstimate:
+    bytes: int
+    checkpointing: bool
+
+
+def estimate_bytes(
+    size: Size,
+    params: StyleParams,
+    *,
+    device_type: DeviceType = "cpu",
+    precision: Precision = "fp32",
+    checkpointing: bool = False,
+    original: Size | None = None,
+    sizes: Sequence[Size] = (),
+) -> int:
+    """A job's peak memory in bytes at working `size` (the largest of its scales).
+
+    `original` is the content's own size (its decoded pixels and the rendered output); `sizes`
+    other working sizes the job runs at (coarse-to-fine), whose peak comes and goes before the
+    last one's.
+    """
+    calibration = CALIBRATION[(device_type, checkpointing)]
+    peak = max(count_bytes(s, params, precision, checkpointing).total for s in (size, *sizes))
+    extra = ORIGINAL_BYTES_PER_PIXEL * original[0] * original[1] if original else 0
+    return math.ceil(calibration.scale * peak) + calibration.fixed + extra
+
+
+def plan(
+    size: Size,
+    params: StyleParams,
+    budget: int,
+    *,
+    device_type: DeviceType = "cpu",
+    precision: Precision = "fp32",
+    original: Size | None = None,
+    sizes: Sequence[Size] = (),
+) -> MemoryEstimate:
+    """How a job runs within `budget` bytes: plainly if it fits, else with checkpointing. The
+    estimate returned is the cheapest one tried; the caller compares it with the budget."""
+    plain = estimate_bytes(size, params, device_type=device_type, precision=precision, original=original, sizes=sizes)
+    if plain <= budget:
+        return MemoryEstimate(plain, checkpointing=False)
+    lean = estimate_bytes(
+        size, params, device_type=device_type, precision=precision, checkpointing=True, original=original, sizes=sizes
+    )
+    return MemoryEstimate(lean, checkpointing=True)
+
+
+def too_big_detail(size: Size, needed: int, budget: int, whose: str) -> str:
+    """The one message for a job no worker can hold, at submit and on a worker alike."""
+    return (
+        f"a {size[0]}x{size[1]} working size needs about {describe_bytes(needed)} of memory even with "
+        f"activation checkpointing, more than {whose} of {describe_bytes(budget)}; "
+        "ask for a smaller height and width"
+    )
+
+
+def default_budget(device: str | None = None) -> int:
+    """85% of what the device has free now: the GPU's free memory, or on the CPU the memory
+    available to this process (its cgroup's limit if it has one)."""
+    import torch
+
+    from core.device import resolve_device
+
+    resolved = resolve_device(device)
+    if resolved.type == "cuda":
+        free, _ = torch.cuda.mem_get_info(resolved)
+        return int(BUDGET_SHARE * free)
+    return int(BUDGET_SHARE * available_cpu_bytes())
+
+
+def describe_bytes(value: float) -> str:
+    """1.5 GB, 310 MB: decimal units, as people read them."""
+    for unit, factor in (("GB", 1e9), ("MB", 1e6), ("kB", 1e3)):
+        if value >= factor:
+            return f"{value / factor:.3g} {unit}"
+    return f"{int(value)} B"
+
+
+def available_cpu_bytes() -> int:
+    """Memory this process may still take: the system's MemAvailable, or less where a cgroup
+    (a container's limit) caps it."""
+    available = _meminfo_available()
+    limit = _cgroup_room()
+    return min(available, limit) if limit is not None else available
+
+
+def _meminfo_available() -> int:
+    try:
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemAvailable:"):
+                return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    pages = os.sysconf("SC_AVPHYS_PAGES") if hasattr(os, "sysconf") else 0
+    return int(pages * os.sysconf("SC_PAGE_SIZE")) if pages else 0
+
+
+def _cgroup_room() -> int | None:
+    """cgroup v2: memory.max minus memory.current of this process's group; v1: the same from
+    memory.limit_in_bytes and memory.usage_in_bytes. None when there is no limit."""
+    try:
+        lines = Path("/proc/self/cgroup").read_text().splitlines()
+    except OSError:
+        return None
+    for line in lines:
+        parts = line.split(":", 2)
+        if len(parts) != 3:
+            continue
+        controllers, path = parts[1], parts[2]
+        if controllers == "":
+            group = Path("/sys/fs/cgroup") / path.lstrip("/")
+            room = _room(group / "memory.max", group / "memory.current")
+        elif "memory" in controllers.split(","):
+            group = Path("/sys/fs/cgroup/memory") / path.lstrip("/")
+            room = _room(group / "memory.limit_in_bytes", group / "memory.usage_in_bytes")
+        else:
+            continue
+        if room is not None:
+            return room
+    return None
+
+
+def _room(limit_file: Path, usage_file: Path) -> int | None:
+    try:
+        limit = limit_file.read_text().strip()
+        usage = int(usage_file.read_text().strip())
+    except (OSError, ValueError):
+        return None
+    if limit == "max" or not limit.isdigit() or int(limit) >= 1 << 60:
+        return None
+    return max(0, int(limit) - usage)
