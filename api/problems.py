@@ -71,10 +71,15 @@ def validation_problem(errors: list[dict[str, Any]], detail: str | None = None) 
     return Problem(422, "invalid-request", "Invalid request", summary, errors=listed)
 
 
+# Tags pydantic puts in an error's location for the branch of a union it tried (core.params'
+# `scales`): the client wrote `params.scales.0.size`, not `params.scales.list.0.size`.
+UNION_TAGS = frozenset({"list", "auto"})
+
+
 def pydantic_errors(raw: list[Any], prefix: tuple[str, ...] = ()) -> list[dict[str, Any]]:
     out = []
     for error in raw:
-        location = [str(part) for part in (*prefix, *error.get("loc", ())) if part != "body"]
+        location = [str(part) for part in (*prefix, *error.get("loc", ())) if part != "body" and part not in UNION_TAGS]
         out.append(
             {"field": ".".join(location) or "request", "message": str(error["msg"]).removeprefix("Value error, ")}
         )

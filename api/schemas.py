@@ -33,10 +33,20 @@ class Problem(BaseModel):
     errors: list[FieldError] | None = Field(None, description="for invalid requests and uploads: each cause")
 
 
+class JobScale(BaseModel):
+    """Coarse-to-fine: the stage that runs and its working size."""
+
+    index: int = Field(description="the stage, counting from 1")
+    count: int = Field(description="stages in all (1 without `scales`)")
+    height: int
+    width: int
+
+
 class JobProgress(BaseModel):
-    iteration: int = Field(description="iterations done, counting from 1")
+    iteration: int = Field(description="iterations done, counting from 1, across all stages")
     total: int
     fraction: float
+    scale: JobScale | None = Field(description="the stage running (or last run); null before the first")
 
 
 class JobLosses(BaseModel):
@@ -68,6 +78,10 @@ class JobPublic(BaseModel):
     result_url: str | None
     error: Problem | None = Field(description="why the job failed; null unless it failed")
     weights: str | None = Field(description='"imagenet", "random" or the weights file that made the images')
+    checkpointing: bool | None = Field(
+        description="whether the run recomputes activations to fit the worker's memory budget; null until it runs"
+    )
+    memory_bytes: int | None = Field(description="the run's estimated peak memory; null until it runs")
 
 
 class JobList(BaseModel):

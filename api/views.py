@@ -17,8 +17,8 @@ def snapshot_url(job_id: str, iteration: int) -> str:
     return f"/jobs/{job_id}/snapshots/{iteration}"
 
 
-def progress_view(iteration: int, total: int) -> dict[str, Any]:
-    return {"iteration": iteration, "total": total, "fraction": round(iteration / total, 6)}
+def progress_view(iteration: int, total: int, scale: dict[str, int] | None = None) -> dict[str, Any]:
+    return {"iteration": iteration, "total": total, "fraction": round(iteration / total, 6), "scale": scale}
 
 
 def job_view(record: dict[str, Any], queue_rank: int | None) -> dict[str, Any]:
@@ -33,7 +33,7 @@ def job_view(record: dict[str, Any], queue_rank: int | None) -> dict[str, Any]:
         "started_at": record.get("started_at"),
         "finished_at": record.get("finished_at"),
         "params": record["params"],
-        "progress": progress_view(record.get("iteration", 0), total),
+        "progress": progress_view(record.get("iteration", 0), total, record.get("scale")),
         "losses": record.get("losses"),
         "eta_seconds": record.get("eta_seconds") if status == "running" else None,
         "queue_position": queue_rank + 1 if status == "queued" and queue_rank is not None else None,
@@ -42,6 +42,8 @@ def job_view(record: dict[str, Any], queue_rank: int | None) -> dict[str, Any]:
         "result_url": f"{job_url(job_id)}/result" if status == "succeeded" else None,
         "error": record.get("error"),
         "weights": record.get("weights"),
+        "checkpointing": record.get("checkpointing"),
+        "memory_bytes": record.get("memory_bytes"),
     }
 
 

@@ -45,6 +45,8 @@ def run_worker(args: argparse.Namespace, stderr: TextIO) -> None:
     # Weights load once per process, before the first job: a bad NST_VGG_WEIGHTS stops the
     # worker here with its message instead of failing every job.
     warm_up(context.settings.device)
+    profile = context.profile()  # measured now: after the network is loaded, before any job
+    log.info("memory budget %d bytes on %s (%s)", profile.memory_budget_bytes, profile.device, profile.precision)
     stop = start_heartbeat(context)
     app = get_celery_app()
     try:

@@ -14,7 +14,7 @@ log = logging.getLogger(__name__)
 
 def beat_once(context: WorkerContext) -> None:
     store, settings = context.store, context.settings
-    store.heartbeat(context.name)
+    store.heartbeat(context.name, context.profile().report())
     with context.lock:
         current = context.current
     if current is not None:

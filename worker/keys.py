@@ -31,6 +31,8 @@ JOBS_KEY = f"{PREFIX}:jobs"  # sorted set: every job id by submission order, for
 SEQUENCE_KEY = f"{PREFIX}:sequence"  # counter giving each job its order
 WORKERS_KEY = f"{PREFIX}:workers"  # sorted set: worker name -> last heartbeat (unix time)
 RUNNING_KEY = f"{PREFIX}:running"  # set: ids of running jobs, each held by a lease
+# hash: worker name -> JSON of what it reports with its heartbeat (device, precision, memory budget)
+WORKER_INFO_KEY = f"{PREFIX}:worker-info"
 
 _ID_PATTERN = re.compile(r"[0-9a-f]{32}")
 
@@ -109,6 +111,11 @@ class JobRecord(BaseModel):
     worker: str | None = None
     cancel_requested: bool = False  # a cancel of the running job is pending
     run_token: str | None = None  # names the attempt that holds the job; stale runs see it change
+    # Memory (core.memory): the run's estimate of its peak and whether it recomputes activations.
+    memory_bytes: int | None = None
+    checkpointing: bool | None = None
+    # Coarse-to-fine: the stage running, {"index": from 1, "count", "height", "width"}.
+    scale: dict[str, int] | None = None
 
     @property
     def total(self) -> int:

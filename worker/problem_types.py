@@ -80,6 +80,13 @@ PROBLEM_TYPES: dict[str, ProblemType] = {
     "out-of-memory": ProblemType(
         "Out of memory", "The worker's device ran out of memory; a smaller height and width need less."
     ),
+    "too-much-memory": ProblemType(
+        "Job too large for memory",
+        "The job needs more memory than any live worker's budget (NST_MEMORY_BUDGET_BYTES, by default 85% "
+        "of the device's free memory), even with activation checkpointing. `detail` names the working "
+        "size, the memory it needs and the budget; `memory_needed_bytes` and `memory_budget_bytes` give "
+        "them as numbers. A smaller height and width, or a worker with more memory, runs it.",
+    ),
     "timeout": ProblemType("Job timed out", "The job ran past NST_JOB_TIMEOUT_SECONDS and was stopped."),
     "worker-lost": ProblemType(
         "Worker lost",

@@ -24,10 +24,13 @@ import redis
 import torch
 
 from core.checkpoint import Checkpoint
-from core.decode import open_image
+from core.decode import image_size, open_image
 from core.errors import StyleError
+from core.memory import DeviceType, MemoryEstimate, Precision, default_budget, plan, too_big_detail
 from core.output import encode_image
 from core.params import StyleParams
+from core.scales import plan_stages
+from core.sizes import working_size
 from core.transfer import Progress, StyleResult, stylize
 from core.weights import WeightsSource
 from worker.keys import JobRecord, history_line, utc_now
@@ -44,6 +47,36 @@ JPEG_QUALITY = 88
 T = TypeVar("T")
 
 
+@dataclass(frozen=True)
+class DeviceProfile:
+    """What a worker can run, as its heartbeat reports it and the API's admission reads it."""
+
+    device: str
+    device_type: DeviceType
+    precision: Precision
+    memory_budget_bytes: int
+
+    def report(self) -> dict[str, object]:
+        return {
+            "device": self.device,
+            "device_type": self.device_type,
+            "precision": self.precision,
+            "memory_budget_bytes": self.memory_budget_bytes,
+        }
+
+
+def measure_profile(settings: Settings) -> DeviceProfile:
+    """The device and its budget: NST_MEMORY_BUDGET_BYTES, or 85% of what is free now (so it
+    is measured once, after the network is loaded and before any job holds memory)."""
+    from core.device import resolve_device
+    from core.engine import EngineOptions
+
+    device = resolve_device(settings.device)
+    budget = settings.memory_budget_bytes or default_budget(str(device))
+    precision = EngineOptions.for_device(device).precision
+    return DeviceProfile(str(device), "cuda" if device.type == "cuda" else "cpu", precision, budget)
+
+
 @dataclass
 class WorkerContext:
     settings: Settings
@@ -52,6 +85,13 @@ class WorkerContext:
     # (job id, run token) of the job this process runs now; the heartbeat renews its lease.
     current: tuple[str, str] | None = None
     lock: threading.Lock = field(default_factory=threading.Lock)
+    _profile: DeviceProfile | None = None
+
+    def profile(self) -> DeviceProfile:
+        with self.lock:
+            if self._profile is None:
+                self._profile = measure_profile(self.settings)
+            return self._profile
 
 
 @lru_cache(maxsize=1)
@@ -106,6 +146,10 @@ def until_redis_answers(what: str, action: Callable[[], T]) -> T:
             delay = min(delay * 2, 5.0)
 
 
+class JobTooBig(Exception):
+    """The job needs more memory than this worker's budget, even with checkpointing."""
+
+
 class StopCheck:
     """`should_stop` for core: a cancel, losing the claim, or the time limit. Redis is read at
     most every 0.2 s, in one round trip."""
@@ -140,8 +184,11 @@ class ProgressPublisher:
     event each and a line of loss history. What clients see never goes backwards, also when a
     resumed run repeats iterations."""
 
-    def __init__(self, store: JobStore, record: JobRecord, weights: str, run_token: str) -> None:
+    def __init__(
+        self, store: JobStore, record: JobRecord, weights: str, run_token: str, memory: MemoryEstimate
+    ) -> None:
         self.store = store
+        self.memory = memory
         self.job_id = record.id
         self.run_token = run_token
         self.total = record.total
@@ -163,6 +210,14 @@ class ProgressPublisher:
             "losses": losses,
             "iterations_per_second": finite_or_none(progress.iterations_per_second),
             "eta_seconds": finite_or_none(progress.eta_seconds),
+            "scale": {
+                "index": progress.stage,
+                "count": progress.stages,
+                "height": progress.stage_size[0],
+                "width": progress.stage_size[1],
+            },
+            "checkpointing": self.memory.checkpointing,
+            "memory_bytes": self.memory.bytes,
         }
         event = {**fields, "total": self.total}
         # A resumed run repeats iterations: the history keeps only the first run's point for each
@@ -171,7 +226,11 @@ class ProgressPublisher:
         history = history_line(progress.iteration, progress.losses.public()) if advanced and not diverged else None
         snapshot = None
         if progress.is_snapshot:
-            metadata = {"weights": self.weights, "iteration": str(progress.iteration)}
+            metadata = {
+                "weights": self.weights,
+                "iteration": str(progress.iteration),
+                "checkpointing": str(self.memory.checkpointing).lower(),
+            }
             snapshot = (progress.iteration, encode_image(progress.image(), "JPEG", metadata, JPEG_QUALITY))
             if progress.iteration not in self.snapshots:
                 self.snapshots = sorted([*self.snapshots, progress.iteration])
@@ -232,6 +291,10 @@ def _run_claimed(context: WorkerContext, record: JobRecord, weights: WeightsSour
 
     try:
         result = _optimise(context, record, weights, stop)
+    except JobTooBig as exc:
+        fail("Job too large for memory", str(exc), 422, "too-much-memory")
+        log.warning("job %s refused: %s", job_id, exc)
+        return
     except (StyleError, ValueError) as exc:
         fail("Job failed", str(exc), 422, "invalid-job")
         log.warning("job %s failed: %s", job_id, exc)
@@ -254,6 +317,9 @@ def _optimise(context: WorkerContext, record: JobRecord, weights: WeightsSource,
         raise StyleError("the job's input images have expired")
     content_bytes, style_bytes = inputs
     params = StyleParams.model_validate(record.params)
+    content = open_image(content_bytes)
+    styles = [open_image(data) for data in style_bytes]
+    memory = memory_plan(context.profile(), params, image_size(content))
     resume = None
     saved = until_redis_answers("reading the checkpoint", lambda: store.checkpoint(record.id))
     if saved is not None:
@@ -265,18 +331,41 @@ def _optimise(context: WorkerContext, record: JobRecord, weights: WeightsSource,
         best_effort("checkpoint", lambda: store.save_checkpoint(record.id, data))
 
     return stylize(
-        open_image(content_bytes),
-        [open_image(data) for data in style_bytes],
+        content,
+        styles,
         params,
         device=context.settings.device,
         weights=weights,
-        on_progress=ProgressPublisher(store, record, weights.label, stop.run_token),
+        on_progress=ProgressPublisher(store, record, weights.label, stop.run_token, memory),
         should_stop=stop,
         report_every=max(1, params.snapshot_every // 5),
         checkpoint_every=context.settings.checkpoint_every,
         on_checkpoint=save,
         resume=resume,
+        checkpointing=memory.checkpointing,
     )
+
+
+def memory_plan(profile: DeviceProfile, params: StyleParams, original: tuple[int, int]) -> MemoryEstimate:
+    """How the job fits this worker's budget (checkpointing if it must); JobTooBig if it cannot.
+
+    A job the API admitted can still land here: it was queued before this worker started, or
+    the worker that could hold it has gone."""
+    size = working_size(original, params)
+    stages = plan_stages(params, size)
+    budget = profile.memory_budget_bytes
+    memory = plan(
+        size,
+        params,
+        budget,
+        device_type=profile.device_type,
+        precision=profile.precision,
+        original=original,
+        sizes=[stage.size for stage in stages[:-1]],
+    )
+    if memory.bytes > budget:
+        raise JobTooBig(too_big_detail(size, memory.bytes, budget, "this worker's memory budget"))
+    return memory
 
 
 def _record_outcome(store: JobStore, job_id: str, result: StyleResult, stop: StopCheck, token: str) -> None:
@@ -294,9 +383,19 @@ def _record_outcome(store: JobStore, job_id: str, result: StyleResult, stop: Sto
         until_redis_answers("canceling", lambda: store.finish(job_id, "canceled", {"eta_seconds": None}, token))
         log.info("job %s: canceled at iteration %d", job_id, result.iterations_run)
         return
-    metadata = {"weights": result.weights, "seed": str(result.seed), "best_iteration": str(result.best_iteration)}
+    metadata = {
+        "weights": result.weights,
+        "seed": str(result.seed),
+        "best_iteration": str(result.best_iteration),
+        "checkpointing": str(result.checkpointing).lower(),
+    }
     png = encode_image(result.image, "PNG", metadata)
-    fields = {"iteration": result.iterations_run, "losses": losses, "eta_seconds": 0.0}
+    fields = {
+        "iteration": result.iterations_run,
+        "losses": losses,
+        "eta_seconds": 0.0,
+        "checkpointing": result.checkpointing,
+    }
     if until_redis_answers("storing the result", lambda: store.finish(job_id, "succeeded", fields, token, png)):
         log.info("job %s: succeeded in %.1f s", job_id, result.elapsed)
     else:

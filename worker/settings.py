@@ -29,6 +29,12 @@ class Settings(BaseSettings):
     max_attempts: int = Field(3, ge=1, description="runs of one job (worker crashes) before it fails")
     sse_heartbeat_seconds: float = Field(15.0, gt=0, description="a comment line on an idle event stream this often")
     checkpoint_every: int = Field(200, ge=1, description="iterations between checkpoints a crashed job resumes from")
+    memory_budget_bytes: int | None = Field(
+        None,
+        ge=1,
+        description="memory a worker's job may take (default: 85% of the GPU's free memory, or on the CPU of "
+        "the memory available to the process, its cgroup's limit if it has one)",
+    )
 
     @property
     def cors_origin_list(self) -> list[str]:

@@ -21,6 +21,7 @@ from worker.keys import (
     QUEUE_KEY,
     RUNNING_KEY,
     SEQUENCE_KEY,
+    WORKER_INFO_KEY,
     WORKERS_KEY,
     EventKind,
     JobRecord,
@@ -421,13 +422,39 @@ class JobStore:
         return outcome.decode(), (old.decode() if old else None)
 
     # -- workers ---------------------------------------------------------------------------
-    def heartbeat(self, worker: str) -> None:
-        self.redis.zadd(WORKERS_KEY, {worker: time.time()})
+    def heartbeat(self, worker: str, info: dict[str, Any] | None = None) -> None:
+        """The worker is alive, with what it can run (`info`: device, precision, memory budget)."""
+        pipe = self.redis.pipeline(transaction=True)
+        pipe.zadd(WORKERS_KEY, {worker: time.time()})
+        if info is not None:
+            pipe.hset(WORKER_INFO_KEY, worker, json.dumps(info))
+        pipe.execute()
 
     def remove_worker(self, worker: str) -> None:
-        self.redis.zrem(WORKERS_KEY, worker)
+        pipe = self.redis.pipeline(transaction=True)
+        pipe.zrem(WORKERS_KEY, worker)
+        pipe.hdel(WORKER_INFO_KEY, worker)
+        pipe.execute()
+
+    def live_worker_info(self, max_age_seconds: float) -> list[dict[str, Any]]:
+        """What each live worker reported (workers that reported nothing are left out)."""
+        names = self.live_workers(max_age_seconds)
+        if not names:
+            return []
+        found = []
+        for raw in self.redis.hmget(WORKER_INFO_KEY, names):
+            try:
+                info = json.loads(raw) if raw else None
+            except ValueError:
+                info = None
+            if isinstance(info, dict):
+                found.append(info)
+        return found
 
     def live_workers(self, max_age_seconds: float) -> list[str]:
         since = time.time() - max_age_seconds
-        self.redis.zremrangebyscore(WORKERS_KEY, "-inf", f"({since - 3600}")  # long dead: forget them
+        dead = self.redis.zrangebyscore(WORKERS_KEY, "-inf", f"({since - 3600}")
+        if dead:  # long dead: forget them
+            self.redis.zrem(WORKERS_KEY, *dead)
+            self.redis.hdel(WORKER_INFO_KEY, *dead)
         return [w.decode() for w in self.redis.zrangebyscore(WORKERS_KEY, since, "+inf")]

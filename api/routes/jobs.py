@@ -14,6 +14,7 @@ from kombu.exceptions import OperationalError
 from starlette.concurrency import run_in_threadpool
 from starlette.datastructures import UploadFile
 
+from api.admission import admit
 from api.deps import CeleryDep, ReaderDep, SettingsDep, StoreDep
 from api.direct_route import DirectRoute
 from api.multipart import form_files, form_text, read_job_form
@@ -67,7 +68,8 @@ def view_of(record: JobRecord, store: JobStore) -> dict[str, Any]:
     | problems(
         e413="an upload, a field or the whole request is too large",
         e415="the body is not multipart/form-data, or an upload is not an image",
-        e422="a missing or unknown field, or invalid parameters (`errors` lists each)",
+        e422="a missing or unknown field, invalid parameters (`errors` lists each), or a job too large for the "
+        "memory of every live worker (`too-much-memory`)",
         e429="too many queued jobs; see Retry-After",
         e503=UNAVAILABLE,
     ),
@@ -109,13 +111,14 @@ def accept_job(
     """Check everything, store the job and its inputs, then queue it; nothing is kept on error."""
     job_params = parse_params(params, len(styles), settings)
     content_bytes = read_upload(content, "content")
-    check_image(content_bytes, "content", settings)
+    width, height = check_image(content_bytes, "content", settings)
     style_bytes = []
     for index, upload in enumerate(styles):
         field = "style" if len(styles) == 1 else f"style[{index}]"
         data = read_upload(upload, field)
         check_image(data, field, settings)
         style_bytes.append(data)
+    admit(store, settings, job_params, (height, width))
     if store.queued_count() >= settings.max_queued_jobs:
         raise Problem(
             429, "queue-full", "Too many queued jobs", "the queue is full; try again later",
