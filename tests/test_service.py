@@ -47,7 +47,9 @@ def test_a_job_runs_with_snapshots_and_a_result(client: httpx.Client, service: S
     done = poll(client, job["id"], is_final, seen=seen)
     assert done["status"] == "succeeded", service.logs()
     assert [s["iteration"] for s in done["snapshots"]] == [1, 50, 100]
-    assert done["progress"] == {"iteration": 120, "total": 120, "fraction": 1.0}
+    assert done["progress"] == {
+        "iteration": 120, "total": 120, "fraction": 1.0, "scale": {"index": 1, "count": 1, "height": 64, "width": 64},
+    }  # fmt: skip
     assert done["losses"]["total"] > 0 and done["weights"] == "random" and done["error"] is None
     assert done["started_at"] and done["finished_at"] and done["result_url"] == f"/jobs/{job['id']}/result"
     iterations = [j["progress"]["iteration"] for j in seen]

@@ -176,7 +176,8 @@ export class JobView {
     if (job && !isFinal(job) && data.iteration >= job.progress.iteration) {
       job.status = "running"; // progress only comes from a running job
       job.queue_position = null;
-      job.progress = { iteration: data.iteration, total: data.total, fraction: data.fraction };
+      job.progress = { iteration: data.iteration, total: data.total, fraction: data.fraction, scale: data.scale };
+      job.checkpointing = data.checkpointing ?? job.checkpointing;
       job.losses = data.losses;
       job.eta_seconds = data.eta_seconds;
       this.rate = data.iterations_per_second;
@@ -223,7 +224,7 @@ export class JobView {
     const { iteration, total } = job.progress;
     el.progress.max = total;
     el.progress.value = iteration;
-    el.progressText.textContent = `${iteration}/${total}`;
+    el.progressText.textContent = `${iteration}/${total}` + stageText(job);
     const eta = running && job.eta_seconds !== null ? `about ${duration(job.eta_seconds)} left` : "";
     const rate = running && this.rate ? ` · ${this.rate.toFixed(1)} it/s` : "";
     el.eta.textContent = eta + rate;
@@ -260,4 +261,11 @@ export class JobView {
       el.download.setAttribute("download", `${job.id}.png`);
     }
   }
+}
+
+// Coarse-to-fine: which stage runs at what size; and whether activations are recomputed to fit.
+function stageText(job) {
+  const scale = job.progress.scale;
+  const stage = scale && scale.count > 1 ? ` · stage ${scale.index}/${scale.count} at ${scale.width}x${scale.height}` : "";
+  return stage + (job.checkpointing ? " · checkpointing" : "");
 }
