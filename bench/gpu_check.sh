@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
 # The device check for the speed issue, sized for one lease: core's tests on CUDA, then
-# bench/speed.py at 384x512, 1024x1024 and 2048x2048 (memory). About 5 minutes on an H100.
+# bench/speed.py at 384x512, 1024x1024 and 2048x2048 (memory), then the memory model against
+# max_memory_allocated (bench/memory.py, for core/memory.py's CUDA constants). About 6 minutes
+# on an H100.
 # The GPU image has torch, torchvision, Pillow, numpy and pytest; pydantic travels as wheels:
 #   pip download --no-deps --only-binary=:all: --python-version 3.12 --platform manylinux2014_x86_64 \
 #       -d .whl pydantic pydantic-core annotated-types typing-inspection typing-extensions
@@ -22,3 +24,4 @@ for size in "384 512 200" "1024 1024 50" "2048 2048 10"; do
     timeout 150 python3 bench/speed.py --device cuda --height "$1" --width "$2" --iterations "$3" 2>&1 \
         | tee "$out/speed_$1x$2.txt"
 done
+NST_COMPILE=0 timeout 120 python3 bench/memory.py --device cuda --sizes 256,512,1024,2048 2>&1 | tee "$out/memory.txt"

@@ -75,7 +75,10 @@ print(json.dumps({"peak": peak}))
 
 
 def measure(size: tuple[int, int], checkpointing: bool, device: str) -> int:
-    env = {**os.environ, "PYTHONPATH": str(ROOT), "MALLOC_MMAP_THRESHOLD_": "131072"}
+    # Large blocks from mmap, so that a freed block leaves the resident set and the next job's
+    # peak is not hidden inside memory malloc kept from the last one.
+    path = os.pathsep.join(p for p in (str(ROOT), os.environ.get("PYTHONPATH", "")) if p)
+    env = {**os.environ, "PYTHONPATH": path, "MALLOC_MMAP_THRESHOLD_": "131072"}
     args = [sys.executable, "-c", CHILD, str(size[0]), str(size[1]), "1" if checkpointing else "0", device]
     out = subprocess.run(args, env=env, capture_output=True, text=True, check=True, cwd=ROOT)
     return int(json.loads(out.stdout.strip().splitlines()[-1])["peak"])
@@ -160,14 +163,16 @@ def big_job(side: int, budget: int, stage_iterations: int) -> None:
     stylize(tiny, [tiny], StyleParams(iterations=1, height=32, width=32, seed=0), weights=source)
 
     peaks: dict[int, int] = {}
-    times: dict[int, float] = {}
-    state = {"stage": 0, "since": time.perf_counter(), "base": rss()}
+    reports: dict[int, list[float]] = {}  # stage -> when each of its iterations was reported
+    state = {"base": rss()}
 
     def on_progress(progress: Progress) -> None:
-        if progress.stage != state["stage"]:
-            state["stage"], state["since"] = progress.stage, time.perf_counter()
         peaks[progress.stage] = max(peaks.get(progress.stage, 0), hwm() - state["base"])
-        times[progress.stage] = time.perf_counter() - state["since"]
+        reports.setdefault(progress.stage, []).append(time.perf_counter())
+
+    def per_iteration(stage: int) -> float:
+        stamps = reports.get(stage, [])
+        return (stamps[-1] - stamps[0]) / (len(stamps) - 1) if len(stamps) > 1 else float("nan")
 
     Path("/proc/self/clear_refs").write_text("5")
     start = time.perf_counter()
@@ -177,13 +182,14 @@ def big_job(side: int, budget: int, stage_iterations: int) -> None:
     )  # fmt: skip
     coarse_time = time.perf_counter() - start
     print(f"\n## coarse-to-fine {schedule}: {coarse_time:.1f} s, {result.iterations_run} iterations")
-    print(f"{'stage':>5} {'size':>11} {'peak (rise of RSS)':>19} {'estimate':>10} {'time':>8}")
+    print(f"{'stage':>5} {'size':>11} {'peak (rise of RSS)':>19} {'estimate':>10} {'s/iteration':>12}")
     for index, stage in enumerate(plan_stages(coarse, (side, side)), start=1):
         estimate = estimate_bytes(stage.size, single, checkpointing=decision.checkpointing, original=(side, side))
         print(f"{index:>5} {stage.size[0]:>5}x{stage.size[1]:<5} {describe_bytes(peaks.get(index, 0)):>19} "
-              f"{describe_bytes(estimate):>10} {times.get(index, 0):>7.1f}s")  # fmt: skip
-    state.update(stage=0, since=time.perf_counter(), base=rss())
+              f"{describe_bytes(estimate):>10} {per_iteration(index):>12.1f}")  # fmt: skip
+    state.update(base=rss())
     peaks.clear()
+    reports.clear()
     Path("/proc/self/clear_refs").write_text("5")
     start = time.perf_counter()
     stylize(
@@ -192,7 +198,7 @@ def big_job(side: int, budget: int, stage_iterations: int) -> None:
     )  # fmt: skip
     single_time = time.perf_counter() - start
     print(f"\n## one scale, {single.iterations} iterations at {side}x{side}: {single_time:.1f} s, "
-          f"peak {describe_bytes(peaks.get(1, 0))}")  # fmt: skip
+          f"peak {describe_bytes(peaks.get(1, 0))}, {per_iteration(1):.1f} s/iteration")  # fmt: skip
     largest = describe_bytes(max(peaks.values(), default=0))
     print(f"coarse-to-fine takes {coarse_time / single_time:.2f}x the time of one scale; "
           f"largest peak {largest}, budget {describe_bytes(budget)}")  # fmt: skip
