@@ -30,11 +30,18 @@ def to_seed_space(img: Image.Image, size: Size) -> torch.Tensor:
 
 
 def from_seed_space(x: torch.Tensor, size: Size) -> Image.Image:
-    """Add the mean back, clip to 0..255, round to 8 bits, resize to `size`."""
-    mean = torch.tensor(CAFFE_MEAN, device=x.device).view(1, 3, 1, 1)
-    pixels = (x.detach().float() + mean).clamp(0, 255).round().to(torch.uint8)
-    array = pixels[0].permute(1, 2, 0).contiguous().cpu().numpy()
-    return resize(Image.fromarray(array, mode="RGB"), size)
+    """Add the mean back, clip to 0..255, round to 8 bits, resize to `size`.
+
+    In numpy, not torch: snapshots are rendered on a writer thread beside the optimisation, and a
+    torch operation there starts a second OpenMP team whose spinning slowed a 2-core CPU's loop
+    by a fifth (bench/snapshots.py). numpy computes the same float32 sums and rounds the same way.
+    """
+    pixels = x.detach()
+    if pixels.device.type != "cpu" or pixels.dtype != torch.float32:
+        pixels = pixels.to("cpu", torch.float32)
+    array = pixels[0].permute(1, 2, 0).numpy()
+    rgb = np.clip(array + np.asarray(CAFFE_MEAN, dtype=np.float32), 0, 255).round().astype(np.uint8)
+    return resize(Image.fromarray(np.ascontiguousarray(rgb), mode="RGB"), size)
 
 
 def transfer_luminance(result: Image.Image, content: Image.Image) -> Image.Image:

@@ -104,7 +104,11 @@ class StyleParams(BaseModel):
         None, ge=0, le=2**63 - 1, description="random seed; the same seed on the same device gives the same image"
     )
     snapshot_every: int = Field(
-        50, ge=1, le=MAX_ITERATIONS, description="snapshot period in iterations (plus iteration 1)"
+        50,
+        ge=1,
+        le=MAX_ITERATIONS,
+        description="snapshot period in iterations (plus iteration 1); the service's snapshots are the content's "
+        "size scaled down to fit NST_SNAPSHOT_MAX_SIDE (1024 px on the long side)",
     )
     scales: ScaleSchedule | None = Field(
         None,

@@ -24,3 +24,11 @@ def style_size(style: Size, working: Size, params: StyleParams) -> Size:
 def _fit(size: Size, box: Size) -> Size:
     scale = min(box[0] / size[0], box[1] / size[1])
     return max(MIN_SIDE, round(size[0] * scale)), max(MIN_SIDE, round(size[1] * scale))
+
+
+def fit_within(size: Size, max_side: int | None) -> Size:
+    """`size` scaled down so that its long side is at most `max_side` (never scaled up)."""
+    if max_side is None or max(size) <= max_side:
+        return size
+    scale = max_side / max(size)
+    return max(1, round(size[0] * scale)), max(1, round(size[1] * scale))

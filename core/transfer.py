@@ -19,10 +19,12 @@ from core.checkpoint import Checkpoint
 from core.decode import Size, image_size, to_rgb
 from core.device import resolve_device
 from core.engine import EngineOptions, loss_function, mark_iteration
+from core.handoff import HostCopy, copy_to_host
 from core.images import from_seed_space, style_size, to_seed_space, transfer_luminance, working_size
 from core.objective import LOSS_TERMS, compute_targets
 from core.params import StyleParams
 from core.scales import plan_stages, stage_of
+from core.sizes import fit_within
 from core.vgg import vgg_extractor
 from core.weights import WeightsSource
 
@@ -56,8 +58,9 @@ class Losses:
 class Progress:
     """What a caller learns at a report: counts, speed, and losses and image on request.
 
-    The losses stay on the device until read: a caller that skips a report (the worker writes
-    progress at most twice a second) makes the loop wait for nothing.
+    The loop copies the losses (and, at a snapshot, the image) out without waiting for the device
+    (core.handoff): a caller may keep the report and read it on another thread, where reading
+    waits for the copy to land; a caller that skips it makes the loop wait for nothing.
     """
 
     iteration: int
@@ -68,17 +71,22 @@ class Progress:
     stage: int  # coarse-to-fine: which stage runs (from 1), of `stages`, at `stage_size`
     stages: int
     stage_size: Size
-    _loss_values: torch.Tensor = field(repr=False, compare=False)
-    _render: Callable[[], Image.Image] = field(repr=False, compare=False)
+    _copy: HostCopy = field(repr=False, compare=False)  # the losses, and the image at a snapshot
+    _render: Callable[[torch.Tensor, int | None], Image.Image] = field(repr=False, compare=False)
 
     @cached_property
     def losses(self) -> Losses:
-        """The loss terms of this iteration (reading them waits for the device)."""
-        return Losses.from_tensor(self._loss_values)
+        """The loss terms of this iteration (reading them waits for their copy)."""
+        return Losses.from_tensor(self._copy.get()[0])
 
-    def image(self) -> Image.Image:
-        """The image whose losses these are, at the content's original size (made on demand)."""
-        return self._render()
+    def image(self, max_side: int | None = None) -> Image.Image:
+        """The image whose losses these are, at the content's original size, or scaled down to
+        fit `max_side` on its long side (never up); made on demand. Only at a snapshot, or
+        with `copy_image` reports."""
+        copied = self._copy.get()
+        if len(copied) < 2:
+            raise ValueError(f"iteration {self.iteration}: no image was copied for this report")
+        return self._render(copied[1], max_side)
 
     @property
     def eta_seconds(self) -> float | None:
@@ -122,12 +130,14 @@ def stylize(
     on_checkpoint: CheckpointCallback | None = None,
     resume: Checkpoint | None = None,
     checkpointing: bool = False,
+    copy_image: bool = False,
 ) -> StyleResult:
     """Optimise an image with `content`'s content and `styles`' style.
 
     `on_progress` is called at iteration 1 and every `params.snapshot_every` iterations (and,
     with `report_every`, that often and at the last iteration too, `is_snapshot` telling which);
     `should_stop` is asked before every iteration and ends the run cleanly with the best image so far.
+    A report carries the image at snapshots (and at every report with `copy_image`).
     `on_checkpoint` receives the whole state every `checkpoint_every` iterations; `resume`
     continues from such a checkpoint as if the run had never stopped. `checkpointing` recomputes
     the network's inside in the backward pass instead of storing it (core.memory says when).
@@ -162,8 +172,8 @@ def stylize(
     )
     loss = loss_function(extractor, params, options)
 
-    def render(pixels: torch.Tensor) -> Image.Image:
-        image = from_seed_space(pixels, original)
+    def render(pixels: torch.Tensor, max_side: int | None = None) -> Image.Image:
+        image = from_seed_space(pixels, fit_within(original, max_side))
         return transfer_luminance(image, content) if params.preserve_colors else image
 
     done = 0  # iterations completed
@@ -232,7 +242,8 @@ def stylize(
                 now = time.perf_counter()
                 rate = (iteration - last_report) / max(now - last_time, 1e-9)
                 last_time, last_report = now, iteration
-                frozen = x.detach().clone()
+                # Copied now (x changes at the step), read whenever the caller reads it.
+                handed = copy_to_host(losses, x) if snapshot or copy_image else copy_to_host(losses)
                 on_progress(
                     Progress(
                         iteration=iteration,
@@ -243,8 +254,8 @@ def stylize(
                         stage=index + 1,
                         stages=len(stages),
                         stage_size=stage.size,
-                        _loss_values=losses.detach().clone(),  # a CUDA graph reuses its output buffer
-                        _render=lambda pixels=frozen: render(pixels),
+                        _copy=handed,  # a CUDA graph reuses its output buffer: copied, not referenced
+                        _render=render,
                     )
                 )
             optimizer.step()

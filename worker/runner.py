@@ -35,6 +35,7 @@ from core.transfer import Progress, StyleResult, stylize
 from core.weights import WeightsSource
 from worker.keys import JobRecord, history_line, utc_now
 from worker.problem_types import problem_type_uri
+from worker.progress_writer import OrderedWriter
 from worker.settings import Settings, get_settings
 from worker.state import JobStore
 
@@ -44,6 +45,8 @@ CHECK_SECONDS = 0.2  # a running job sees a cancel (or losing its claim) within 
 PROGRESS_WRITE_SECONDS = 0.5  # between snapshots, progress is written at most this often
 FINAL_WRITE_SECONDS = 120  # how long the final write waits for Redis to come back
 JPEG_QUALITY = 88
+# A test hook: seconds the progress writer sleeps before each write (a slow Redis, a big image).
+WRITE_DELAY_ENV = "NST_TEST_WRITE_DELAY_SECONDS"
 T = TypeVar("T")
 
 
@@ -182,10 +185,21 @@ class StopCheck:
 class ProgressPublisher:
     """`on_progress` for core: snapshots as JPEGs, progress, losses and ETA, into Redis with an
     event each and a line of loss history. What clients see never goes backwards, also when a
-    resumed run repeats iterations."""
+    resumed run repeats iterations.
+
+    The loop's thread only decides whether a report is written and hands it over; a writer thread
+    (worker.progress_writer) renders, encodes and stores it, in order. `close` waits for it."""
 
     def __init__(
-        self, store: JobStore, record: JobRecord, weights: str, run_token: str, memory: MemoryEstimate
+        self,
+        store: JobStore,
+        record: JobRecord,
+        weights: str,
+        run_token: str,
+        memory: MemoryEstimate,
+        *,
+        snapshot_max_side: int | None = None,
+        stop: Callable[[], bool] | None = None,
     ) -> None:
         self.store = store
         self.memory = memory
@@ -195,15 +209,31 @@ class ProgressPublisher:
         self.snapshots = sorted(record.snapshots)
         self.shown_iteration = record.iteration
         self.weights = weights
-        self.last_write = 0.0
+        self.snapshot_max_side = snapshot_max_side
+        self.stop = stop
+        self.last_handed = 0.0
+        self.write_delay = float(os.environ.get(WRITE_DELAY_ENV) or 0)
+        self.writer = OrderedWriter(self.write, name=f"nst-progress-{record.id[:8]}")
 
     def __call__(self, progress: Progress) -> None:
-        advanced = progress.iteration > self.shown_iteration
-        self.shown_iteration = max(self.shown_iteration, progress.iteration)
+        """On the loop's thread: at most a queue put."""
         now = time.monotonic()
         last = progress.iteration >= self.total  # the history and the watchers get the last point too
-        if not progress.is_snapshot and not last and now - self.last_write < PROGRESS_WRITE_SECONDS:
-            return  # nothing read: the losses stay on the device and the loop runs on
+        if not progress.is_snapshot and not last and now - self.last_handed < PROGRESS_WRITE_SECONDS:
+            return  # nothing read: the loop runs on
+        self.last_handed = now
+        self.writer.submit(progress, abandon=self.stop)
+
+    def close(self, drain: bool) -> None:
+        """Every report handed over is stored (`drain`), or those not yet begun are dropped."""
+        self.writer.close(drain)
+
+    def write(self, progress: Progress) -> None:
+        """On the writer's thread, one report at a time in iteration order."""
+        if self.write_delay:
+            time.sleep(self.write_delay)  # the tests' slow writer
+        advanced = progress.iteration > self.shown_iteration
+        self.shown_iteration = max(self.shown_iteration, progress.iteration)
         losses = finite_values(progress.losses.public())
         fields: dict[str, object] = {
             "iteration": self.shown_iteration,
@@ -231,7 +261,8 @@ class ProgressPublisher:
                 "iteration": str(progress.iteration),
                 "checkpointing": str(self.memory.checkpointing).lower(),
             }
-            snapshot = (progress.iteration, encode_image(progress.image(), "JPEG", metadata, JPEG_QUALITY))
+            image = progress.image(self.snapshot_max_side)
+            snapshot = (progress.iteration, encode_image(image, "JPEG", metadata, JPEG_QUALITY))
             if progress.iteration not in self.snapshots:
                 self.snapshots = sorted([*self.snapshots, progress.iteration])
             fields["snapshots"] = self.snapshots
@@ -239,7 +270,6 @@ class ProgressPublisher:
             "progress",
             lambda: self.store.publish(self.job_id, self.run_token, fields, event, snapshot=snapshot, history=history),
         )  # False when this run no longer holds the job: its StopCheck ends it within CHECK_SECONDS
-        self.last_write = now
 
 
 def run_job(job_id: str, context: WorkerContext | None = None) -> None:
@@ -330,20 +360,32 @@ def _optimise(context: WorkerContext, record: JobRecord, weights: WeightsSource,
         data = checkpoint.to_bytes()
         best_effort("checkpoint", lambda: store.save_checkpoint(record.id, data))
 
-    return stylize(
-        content,
-        styles,
-        params,
-        device=context.settings.device,
-        weights=weights,
-        on_progress=ProgressPublisher(store, record, weights.label, stop.run_token, memory),
-        should_stop=stop,
-        report_every=max(1, params.snapshot_every // 5),
-        checkpoint_every=context.settings.checkpoint_every,
-        on_checkpoint=save,
-        resume=resume,
-        checkpointing=memory.checkpointing,
-    )
+    publisher = ProgressPublisher(
+        store, record, weights.label, stop.run_token, memory,
+        snapshot_max_side=context.settings.snapshot_max_side, stop=stop,
+    )  # fmt: skip
+    try:
+        result = stylize(
+            content,
+            styles,
+            params,
+            device=context.settings.device,
+            weights=weights,
+            on_progress=publisher,
+            should_stop=stop,
+            report_every=max(1, params.snapshot_every // 5),
+            checkpoint_every=context.settings.checkpoint_every,
+            on_checkpoint=save,
+            resume=resume,
+            checkpointing=memory.checkpointing,
+        )
+    except BaseException:
+        publisher.close(drain=False)
+        raise
+    # A finished run's snapshots are all stored before it is marked succeeded; a stopped run's
+    # waiting ones are dropped (the write under way completes: nothing is left half-written).
+    publisher.close(drain=not result.stopped)
+    return result
 
 
 def memory_plan(profile: DeviceProfile, params: StyleParams, original: tuple[int, int]) -> MemoryEstimate:

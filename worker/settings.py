@@ -29,6 +29,9 @@ class Settings(BaseSettings):
     max_attempts: int = Field(3, ge=1, description="runs of one job (worker crashes) before it fails")
     sse_heartbeat_seconds: float = Field(15.0, gt=0, description="a comment line on an idle event stream this often")
     checkpoint_every: int = Field(200, ge=1, description="iterations between checkpoints a crashed job resumes from")
+    snapshot_max_side: int = Field(
+        1024, ge=16, description="snapshots are the content's size scaled down to fit this long side (never up)"
+    )
     memory_budget_bytes: int | None = Field(
         None,
         ge=1,

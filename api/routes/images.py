@@ -14,11 +14,14 @@ router = APIRouter(prefix="/jobs", tags=["jobs"])
 X_ITERATION = {"X-Iteration": {"description": "the snapshot's iteration", "schema": {"type": "integer"}}}
 
 
+SNAPSHOT_SIZE = "the snapshot: the content's size scaled down to fit NST_SNAPSHOT_MAX_SIDE (1024 px; never up)"
+
+
 @router.get(
     "/{job_id}/snapshots/{iteration}",
     operation_id="get_snapshot",
     response_class=Response,
-    responses={200: binary("image/jpeg", "the snapshot, at the content's size", X_ITERATION)}
+    responses={200: binary("image/jpeg", SNAPSHOT_SIZE, X_ITERATION)}
     | problems(e404="no such job or snapshot", e503=UNAVAILABLE),
 )
 async def get_snapshot(job_id: str, iteration: str, reader: ReaderDep, request: Request) -> Response:
