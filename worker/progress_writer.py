@@ -38,6 +38,7 @@ class OrderedWriter(Generic[T]):
         self.waits = 0  # how many times the loop had to wait for the writer
         self.waited_seconds = 0.0
         self.written = 0
+        self.busy_seconds = 0.0  # CPU time the writer's thread spent writing (thread_time)
         self._thread = threading.Thread(target=self._run, name=name, daemon=True)
         self._thread.start()
 
@@ -84,8 +85,11 @@ class OrderedWriter(Generic[T]):
                 return
             if self._dropping.is_set():
                 continue
+            began = time.thread_time()
             try:
                 self._write(item)
                 self.written += 1
             except Exception:  # a bad report must not stop the ones after it, nor the job
                 log.exception("progress write failed")
+            finally:
+                self.busy_seconds += time.thread_time() - began
