@@ -27,7 +27,8 @@ def read_upload(upload: UploadFile, field: str) -> bytes:
 
 def check_image(data: bytes, field: str, settings: Settings) -> tuple[int, int]:
     """Decode the image as the worker will; its size is checked from the header first, so a
-    decompression bomb is refused before any pixel is decoded. Returns (width, height)."""
+    decompression bomb is refused before any pixel is decoded. Returns (width, height) upright
+    (EXIF orientation applied), the size the job's working size and memory are planned from."""
     try:
         with Image.open(io.BytesIO(data)) as header:
             width, height = header.size
@@ -40,10 +41,10 @@ def check_image(data: bytes, field: str, settings: Settings) -> tuple[int, int]:
         message = f"{width}x{height} pixels is more than the {settings.max_input_pixels} allowed"
         raise file_problem(413, "too-many-pixels", "Image too large", field, message)
     try:
-        open_image(data)
+        upright = open_image(data)
     except InvalidImageError as exc:
         raise file_problem(415, "not-an-image", "Not an image", field, "the image cannot be decoded") from exc
-    return width, height
+    return upright.width, upright.height  # after EXIF rotation, as the worker sees it
 
 
 def parse_params(raw: str | None, style_count: int, settings: Settings) -> StyleParams:

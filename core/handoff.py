@@ -27,12 +27,15 @@ class HostCopy:
 def copy_to_host(*tensors: torch.Tensor) -> HostCopy:
     """Snapshot `tensors` as they are now; later writes to them do not change the copy."""
     if tensors and tensors[0].device.type == "cuda":
-        hosts = []
-        for tensor in tensors:
-            host = torch.empty_like(tensor, device="cpu", pin_memory=True)  # keeps the layout: a plain DMA
-            host.copy_(tensor.detach(), non_blocking=True)
-            hosts.append(host)
-        ready = torch.cuda.Event()
-        ready.record()
+        # On the tensors' own device (cuda:1 for a worker on the second GPU): the event must be
+        # recorded on the stream the copies run on.
+        with torch.cuda.device(tensors[0].device):
+            hosts = []
+            for tensor in tensors:
+                host = torch.empty_like(tensor, device="cpu", pin_memory=True)  # keeps the layout: a plain DMA
+                host.copy_(tensor.detach(), non_blocking=True)
+                hosts.append(host)
+            ready = torch.cuda.Event()
+            ready.record(torch.cuda.current_stream(tensors[0].device))
         return HostCopy(tuple(hosts), ready)
     return HostCopy(tuple(t.detach().clone() for t in tensors), None)

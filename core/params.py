@@ -126,7 +126,7 @@ class StyleParams(BaseModel):
         if isinstance(stages, list) and stages and "iterations" not in data:
             try:
                 total = sum(int(_field(stage, "iterations")) for stage in data["scales"])
-            except (TypeError, ValueError, KeyError, AttributeError):
+            except (TypeError, ValueError, KeyError, AttributeError, ArithmeticError):  # ints like 1e999
                 return data  # the field's own validation says what is wrong
             return {**data, "iterations": total}
         return data

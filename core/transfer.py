@@ -207,7 +207,7 @@ def stylize(
             x = initial_image(params, content_x, style_xs[0], seed)
         elif tuple(x.shape[2:]) != stage.size:
             x = upsample(x.to(run_device), stage.size)
-            optimizer_state = resize_adam_state(optimizer_state, stage.size) if optimizer_state else None
+            optimizer_state = resize_adam_state(optimizer_state, stage.size, layout) if optimizer_state else None
         del content_x, style_xs  # the targets hold what the stage needs
         x = x.to(run_device).contiguous(memory_format=layout).requires_grad_(True)
         optimizer = torch.optim.Adam(
@@ -288,16 +288,19 @@ def upsample(x: torch.Tensor, size: Size) -> torch.Tensor:
     return F.interpolate(x.detach().float(), size=size, mode="bicubic", align_corners=False)
 
 
-def resize_adam_state(state: dict[str, Any], size: Size) -> dict[str, Any]:
+def resize_adam_state(
+    state: dict[str, Any], size: Size, layout: torch.memory_format = torch.contiguous_format
+) -> dict[str, Any]:
     """Adam's moments resized with the image, so the next stage goes on where this one was: the
-    first moment bicubic, the second bilinear and kept non-negative (it is a square)."""
+    first moment bicubic, the second bilinear and kept non-negative (it is a square). In the
+    image's memory layout: fused Adam wants a parameter and its moments alike."""
     resized: dict[str, Any] = {"param_groups": state["param_groups"], "state": {}}
     for key, moments in state["state"].items():
         moved = dict(moments)
-        moved["exp_avg"] = F.interpolate(moments["exp_avg"], size=size, mode="bicubic", align_corners=False)
-        moved["exp_avg_sq"] = F.interpolate(
-            moments["exp_avg_sq"], size=size, mode="bilinear", align_corners=False
-        ).clamp_(min=0)
+        first = F.interpolate(moments["exp_avg"], size=size, mode="bicubic", align_corners=False)
+        second = F.interpolate(moments["exp_avg_sq"], size=size, mode="bilinear", align_corners=False).clamp_(min=0)
+        moved["exp_avg"] = first.contiguous(memory_format=layout)
+        moved["exp_avg_sq"] = second.contiguous(memory_format=layout)
         resized["state"][key] = moved
     return resized
 

@@ -45,6 +45,7 @@ def test_a_list_of_scales_sets_the_iterations_and_is_checked() -> None:
         ({"scales": "fine"}, "auto"),
         ({"scales": [{"size": 64}], "height": 64, "width": 64}, "Field required"),
         ({"scales": [{"size": 8, "iterations": 1}]}, "greater than or equal to 16"),
+        ({"scales": [{"size": 512, "iterations": float("inf")}]}, "finite|integer"),  # JSON's 1e999
     ]  # fmt: skip
     for given, message in bad:
         with pytest.raises(ValidationError, match=message):
