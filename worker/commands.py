@@ -21,12 +21,16 @@ def add_commands(commands: argparse._SubParsersAction) -> None:  # type: ignore[
 
     up = commands.add_parser(
         "up",
-        help="run Redis, one worker and the API together on this machine",
-        description="Start Redis (unless NST_REDIS_URL is set), one worker and the API; Ctrl-C stops all.",
+        help="run Redis, the workers and the API together on this machine, restarting any that exits",
+        description="Start Redis (unless NST_REDIS_URL is set), the workers and the API, and keep them running: "
+        "a process that exits is started again after 1, 2, 4 … 30 s. Ctrl-C or SIGTERM stops all.",
     )
     up.add_argument("--host", default="127.0.0.1")
     up.add_argument("--port", type=int, default=8000)
     up.add_argument("--data-dir", default=".nst", help="where the local Redis keeps its append-only file")
+    up.add_argument(
+        "--workers", type=int, default=None, help="job workers to run (default: one per visible GPU, else one)"
+    )
     up.set_defaults(handler=run_up)
 
 
@@ -72,4 +76,6 @@ def run_worker(args: argparse.Namespace, stderr: TextIO) -> None:
 def run_up(args: argparse.Namespace, stderr: TextIO) -> None:
     from worker.local import run_everything
 
-    run_everything(host=args.host, port=args.port, data_dir=args.data_dir, stream=stderr)
+    if args.workers is not None and args.workers < 1:
+        raise ValueError("--workers must be at least 1")
+    run_everything(host=args.host, port=args.port, data_dir=args.data_dir, stream=stderr, workers=args.workers)

@@ -46,15 +46,19 @@ def free_port(preferred: int | None = None) -> int:
     raise RuntimeError("no free port")
 
 
-def start_redis(port: int, data_dir: Path, log_file: Path | None = None) -> subprocess.Popen[bytes]:
+def redis_command(port: int, data_dir: Path) -> list[str]:
     """redis-server on 127.0.0.1:port with the append-only file on, so a restart loses nothing."""
-    data_dir.mkdir(parents=True, exist_ok=True)
-    command = [
+    return [
         redis_server_binary(), "--port", str(port), "--bind", "127.0.0.1", "--dir", str(data_dir.resolve()),
         "--appendonly", "yes", "--appendfsync", "everysec", "--save", "", "--protected-mode", "yes",
     ]  # fmt: skip
+
+
+def start_redis(port: int, data_dir: Path, log_file: Path | None = None) -> subprocess.Popen[bytes]:
+    """redis-server on 127.0.0.1:port with the append-only file on, so a restart loses nothing."""
+    data_dir.mkdir(parents=True, exist_ok=True)
     out = open(log_file, "ab") if log_file else subprocess.DEVNULL  # noqa: SIM115 - the child keeps it
-    process = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT)
+    process = subprocess.Popen(redis_command(port, data_dir), stdout=out, stderr=subprocess.STDOUT)
     wait_for_port(port, process, timeout=20)
     return process
 
@@ -114,47 +118,54 @@ def stop_processes(processes: Sequence[subprocess.Popen[bytes]], grace: float = 
                 process.wait()
 
 
-def run_everything(host: str, port: int, data_dir: str, stream: TextIO) -> None:
-    """Redis (unless NST_REDIS_URL is set), one worker and the API, until Ctrl-C or SIGTERM."""
+def worker_devices(workers: int | None, gpus: int, env: dict[str, str]) -> list[str | None]:
+    """The --device of each worker: one per visible GPU by default, else one on the CPU; None
+    leaves the choice to the worker ($NST_DEVICE, or CUDA if available)."""
+    count = workers if workers is not None else max(1, gpus)
+    if "NST_DEVICE" in env or gpus == 0:
+        return [None] * count
+    return [f"cuda:{index % gpus}" for index in range(count)]
+
+
+def run_everything(host: str, port: int, data_dir: str, stream: TextIO, workers: int | None = None) -> None:
+    """Redis (unless NST_REDIS_URL is set), the workers and the API, kept running until Ctrl-C or
+    SIGTERM: a child that exits is started again after a back-off (worker/supervisor.py)."""
+    from worker.supervisor import Child, Supervisor, visible_gpu_count
+
     env = dict(os.environ)
-    children: list[subprocess.Popen[bytes]] = []
-    redis_process = None
+    children: list[Child] = []
+    redis_child = None
+    if "NST_REDIS_URL" not in env:
+        redis_port = free_port(6379)
+        redis_dir = (Path(data_dir) / "redis").resolve()
+        redis_dir.mkdir(parents=True, exist_ok=True)
+        redis_child = Child("redis-server", redis_command(redis_port, redis_dir), env)
+        env["NST_REDIS_URL"] = f"redis://127.0.0.1:{redis_port}/0"
+    children.append(Child("nst api", nst_command("api", "--host", host, "--port", str(port)), env))
+    gpus = 0 if env.get("NST_DEVICE", "").startswith("cpu") else visible_gpu_count()
+    devices = worker_devices(workers, gpus, env)
+    for index, device in enumerate(devices, start=1):
+        name = "nst worker" if len(devices) == 1 else f"nst worker {index}"
+        children.append(Child(name, nst_command("worker", *(["--device", device] if device else [])), env))
+    if redis_child is not None:
+        children.append(redis_child)  # stopped last: the others flush their state to it first
+    supervisor = Supervisor(children)
     try:
-        if "NST_REDIS_URL" not in env:
-            redis_port = free_port(6379)
-            redis_process = start_redis(redis_port, Path(data_dir) / "redis")
-            env["NST_REDIS_URL"] = f"redis://127.0.0.1:{redis_port}/0"
-        worker = subprocess.Popen(nst_command("worker"), env=env)
-        children.append(worker)
-        api = subprocess.Popen(nst_command("api", "--host", host, "--port", str(port)), env=env)
-        children.insert(0, api)
+        if redis_child is not None:
+            redis_child.start(time.monotonic())
+            wait_for_port(redis_port, redis_child.process, timeout=20)
+        supervisor.start_all()
         url = f"http://{'127.0.0.1' if host in ('0.0.0.0', '::') else host}:{port}"
-        # Announce only once a worker has loaded its weights and reported (readyz).
-        wait_for_http(f"{url}/readyz", children, timeout=600)
+        # Announce only once a worker has loaded its weights and reported (readyz). A child that
+        # fails while starting is a set-up problem (a port in use, bad weights): stop and say so.
+        wait_for_http(f"{url}/readyz", supervisor.processes, timeout=600)
         samples = Path(__file__).resolve().parent.parent / "examples" / "images"
         stream.write(
             f"\nneural-style-service is up\n  API:   {url}  (docs: {url}/docs)\n  Redis: {env['NST_REDIS_URL']}\n"
+            f"  Workers: {len(devices)}\n"
             f"  Try:\n{CURL_EXAMPLE.format(url=url, samples=samples)}\n  Ctrl-C stops everything.\n\n"
         )
         stream.flush()
-        _wait_until_signalled(children)
+        supervisor.run_until_signalled()
     finally:
-        stop_processes(children)
-        if redis_process is not None:
-            stop_processes([redis_process])
-
-
-def _wait_until_signalled(children: Sequence[subprocess.Popen[bytes]]) -> None:
-    stopping = False
-
-    def on_signal(signum: int, frame: object) -> None:
-        nonlocal stopping
-        stopping = True
-
-    signal.signal(signal.SIGTERM, on_signal)
-    signal.signal(signal.SIGINT, on_signal)
-    while not stopping:
-        for child in children:
-            if child.poll() is not None:
-                raise RuntimeError(f"{describe(child)} exited with status {child.returncode}")
-        time.sleep(0.2)
+        supervisor.stop_all()

@@ -1,0 +1,209 @@
+"""`nst up` keeps its children running: the back-off, the restart log, and a real worker killed
+with SIGKILL in the middle of a job under a real `nst up`."""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+import redis
+
+from tests.conftest import SAMPLES
+from tests.services import is_final, poll, submit
+from worker.keys import WORKERS_KEY
+from worker.local import free_port, nst_command, wait_for_http, worker_devices
+from worker.state import JobStore
+from worker.supervisor import Child, Supervisor, backoff_seconds, exit_reason
+
+COFFEE = SAMPLES / "coffee.png"
+STARRY = SAMPLES / "starry_night.jpg"
+
+
+def test_the_back_off_doubles_from_one_second_up_to_thirty() -> None:
+    assert [backoff_seconds(n) for n in range(1, 8)] == [1, 2, 4, 8, 16, 30, 30]
+
+
+def test_exit_reasons_name_the_signal() -> None:
+    assert exit_reason(-9) == "signal SIGKILL"
+    assert exit_reason(3) == "status 3"
+
+
+def test_workers_go_one_per_gpu_by_default_else_one() -> None:
+    assert worker_devices(None, 0, {}) == [None]
+    assert worker_devices(None, 2, {}) == ["cuda:0", "cuda:1"]
+    assert worker_devices(3, 2, {}) == ["cuda:0", "cuda:1", "cuda:0"]
+    assert worker_devices(2, 0, {}) == [None, None]
+    assert worker_devices(2, 4, {"NST_DEVICE": "cuda:1"}) == [None, None]  # the operator chose
+
+
+class FakeClock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def wait_exited(child: Child) -> None:
+    assert child.process is not None
+    child.process.wait(timeout=30)
+
+
+def test_a_child_that_keeps_failing_is_restarted_with_growing_back_off_and_each_restart_logged(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    clock = FakeClock()
+    failing = Child("failing", [sys.executable, "-c", "raise SystemExit(3)"], dict(os.environ))
+    steady = Child("steady", [sys.executable, "-c", "import time; time.sleep(60)"], dict(os.environ))
+    supervisor = Supervisor([failing, steady], clock=clock)
+    caplog.set_level(logging.WARNING, logger="nst.up")
+    try:
+        supervisor.start_all()
+        first_steady = steady.process
+        delays = []
+        for _ in range(4):
+            wait_exited(failing)
+            supervisor.check()  # notes the exit, schedules the restart
+            assert failing.restart_at is not None
+            delays.append(failing.restart_at - clock.now)
+            supervisor.check()  # too early: nothing starts
+            assert failing.process.poll() is not None  # type: ignore[union-attr]
+            clock.now = failing.restart_at
+            supervisor.check()
+            assert failing.restart_at is None
+        assert delays == [1, 2, 4, 8]
+        assert failing.restarts == 4 and failing.history == ["status 3"] * 4
+        assert steady.process is first_steady and steady.running  # the others kept serving
+        messages = [r.getMessage() for r in caplog.records]
+        assert sum("failing exited with status 3" in m for m in messages) == 4
+        assert sum("failing started again" in m for m in messages) == 4
+    finally:
+        supervisor.stop_all(grace=5)
+    assert not steady.running and not failing.running
+
+
+def test_a_child_that_ran_a_long_while_is_restarted_after_one_second_again() -> None:
+    clock = FakeClock()
+    child = Child("flaky", [sys.executable, "-c", "raise SystemExit(1)"], dict(os.environ))
+    supervisor = Supervisor([child], clock=clock)
+    try:
+        supervisor.start_all()
+        child.failures = 5  # a bad spell earlier
+        clock.now += 3600  # then an hour of service before this exit
+        wait_exited(child)
+        supervisor.check()
+        assert child.restart_at == clock.now + 1
+    finally:
+        supervisor.stop_all(grace=5)
+
+
+def test_stopping_never_restarts() -> None:
+    clock = FakeClock()
+    child = Child("quits", [sys.executable, "-c", "pass"], dict(os.environ))
+    supervisor = Supervisor([child], clock=clock)
+    supervisor.start_all()
+    wait_exited(child)
+    supervisor.stop_all(grace=5)
+    clock.now += 100
+    supervisor.check()
+    assert child.restarts == 0
+
+
+def children_of(pid: int) -> list[tuple[int, str]]:
+    """(pid, command line) of each process whose parent is `pid`."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+            cmdline = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+        except OSError:
+            continue
+        parent = int(stat.rsplit(")", 1)[1].split()[1])
+        if parent == pid:
+            found.append((int(entry.name), cmdline))
+    return found
+
+
+def worker_pids(up_pid: int) -> list[int]:
+    return [pid for pid, cmdline in children_of(up_pid) if "core.cli worker" in cmdline]
+
+
+def test_under_nst_up_a_worker_killed_mid_job_is_replaced_and_its_job_finishes_once(tmp_path: Path) -> None:
+    port = free_port()
+    env = os.environ | {
+        "NST_VGG_WEIGHTS": "random",
+        "NST_DEVICE": "cpu",
+        "NST_WORKER_HEARTBEAT_SECONDS": "1",
+        "NST_LEASE_SECONDS": "3",
+        "NST_CHECKPOINT_EVERY": "20",
+        "PYTHONUNBUFFERED": "1",
+    }
+    env.pop("NST_REDIS_URL", None)
+    log_path = tmp_path / "up.log"
+    with open(log_path, "wb") as log_file:
+        up = subprocess.Popen(
+            nst_command("up", "--port", str(port), "--data-dir", str(tmp_path / "data"), "--workers", "1"),
+            env=env, stdout=log_file, stderr=subprocess.STDOUT, start_new_session=True,
+        )  # fmt: skip
+    url = f"http://127.0.0.1:{port}"
+    health_failures: list[str] = []
+    watching = threading.Event()
+
+    def watch_health() -> None:
+        while not watching.is_set():
+            try:
+                if httpx.get(f"{url}/healthz", timeout=5).status_code != 200:
+                    health_failures.append("status")
+            except httpx.HTTPError as exc:
+                health_failures.append(repr(exc))
+            time.sleep(0.2)
+
+    try:
+        wait_for_http(f"{url}/readyz", up, timeout=180)
+        redis_url = next(line for line in log_path.read_text().split() if line.startswith("redis://"))
+        client = redis.Redis.from_url(redis_url)
+        store = JobStore(client, 3600)
+        with httpx.Client(base_url=url, timeout=30) as http:
+            job = submit(http, COFFEE, [STARRY], {"iterations": 160, "height": 32, "width": 32}).json()
+            poll(http, job["id"], lambda j: j["progress"]["iteration"] >= 40, timeout=120)
+            [victim] = worker_pids(up.pid)
+            watcher = threading.Thread(target=watch_health, daemon=True)
+            watcher.start()
+            os.kill(victim, signal.SIGKILL)
+            killed_at = time.monotonic()
+            # A new worker is ready: a new process has loaded its weights and says it is alive.
+            replacement = None
+            while time.monotonic() - killed_at < 10 and replacement is None:
+                alive = [m.decode() for m in client.zrangebyscore(WORKERS_KEY, time.time() - 2, "+inf")]
+                fresh = [name for name in alive if not name.endswith(f":{victim}")]
+                replacement = fresh[0] if fresh else None
+                time.sleep(0.1)
+            assert replacement is not None, f"no new worker within 10 s:\n{log_path.read_text()}"
+            final = poll(http, job["id"], is_final, timeout=180)
+        watching.set()
+        watcher.join()
+        assert final["status"] == "succeeded", final
+        assert store.completions(job["id"]) == 1
+        assert health_failures == [], health_failures
+        assert "exited with signal SIGKILL" in log_path.read_text()
+        assert up.poll() is None  # nst up itself kept going
+    finally:
+        watching.set()
+        up.send_signal(signal.SIGTERM)
+        try:
+            up.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            os.killpg(up.pid, signal.SIGKILL)
+    assert up.returncode == 0, log_path.read_text()
+    leftovers = subprocess.run(["pgrep", "-s", str(up.pid)], capture_output=True, text=True).stdout.split()
+    assert leftovers == [], "nst up left processes behind"

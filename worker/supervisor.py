@@ -1,0 +1,145 @@
+"""`nst up`'s children, kept running: one that exits unexpectedly is started again after a
+back-off (1, 2, 4 … 30 s), while the others keep serving; a signal stops them all."""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import logging
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+
+log = logging.getLogger("nst.up")
+
+MAX_BACKOFF_SECONDS = 30.0
+# A child that ran this long before it exited was healthy: its next restart waits 1 s again.
+STABLE_SECONDS = 60.0
+_PR_SET_PDEATHSIG = 1
+
+
+def exit_reason(returncode: int) -> str:
+    """'status 1', or 'signal SIGKILL' for a child a signal ended (Popen's negative codes)."""
+    if returncode < 0:
+        try:
+            return f"signal {signal.Signals(-returncode).name}"
+        except ValueError:
+            return f"signal {-returncode}"
+    return f"status {returncode}"
+
+
+def backoff_seconds(failures: int) -> float:
+    """1, 2, 4 … 30 seconds for the 1st, 2nd, 3rd … restart in a row."""
+    return min(MAX_BACKOFF_SECONDS, 2.0 ** max(0, failures - 1))
+
+
+def _die_with_parent() -> None:
+    """In the child, before exec: Linux sends it SIGTERM if `nst up` itself dies (even SIGKILL'd),
+    so no worker or API outlives it."""
+    if sys.platform.startswith("linux"):
+        with contextlib.suppress(OSError, AttributeError):
+            ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
+
+
+@dataclass
+class Child:
+    """One supervised program: its command, its current process and its restart history."""
+
+    name: str
+    command: list[str]
+    env: dict[str, str]
+    process: subprocess.Popen[bytes] | None = None
+    started_at: float = 0.0
+    failures: int = 0  # exits in a row, each after less than STABLE_SECONDS
+    restarts: int = 0
+    restart_at: float | None = None  # monotonic time of the pending restart, if one is pending
+    history: list[str] = field(default_factory=list)
+
+    def start(self, now: float) -> None:
+        self.process = subprocess.Popen(self.command, env=self.env, preexec_fn=_die_with_parent)
+        self.started_at = now
+        self.restart_at = None
+
+    @property
+    def running(self) -> bool:
+        return self.process is not None and self.process.poll() is None
+
+
+class Supervisor:
+    """Starts the children, restarts any that exits, and stops them all (in order) on request."""
+
+    def __init__(self, children: Sequence[Child], clock: Callable[[], float] = time.monotonic) -> None:
+        self.children = list(children)
+        self.clock = clock
+        self.stopping = False
+
+    def start_all(self) -> None:
+        for child in self.children:
+            if child.process is None:
+                child.start(self.clock())
+
+    @property
+    def processes(self) -> list[subprocess.Popen[bytes]]:
+        return [child.process for child in self.children if child.process is not None]
+
+    def check(self) -> None:
+        """One round: note children that exited, and start those whose back-off has passed."""
+        now = self.clock()
+        for child in self.children:
+            if child.restart_at is None and child.process is not None and child.process.poll() is not None:
+                ran_for = now - child.started_at
+                child.failures = 1 if ran_for >= STABLE_SECONDS else child.failures + 1
+                delay = backoff_seconds(child.failures)
+                child.restart_at = now + delay
+                reason = exit_reason(child.process.returncode)
+                child.history.append(reason)
+                log.warning(
+                    "%s exited with %s after %.0f s; starting it again in %.0f s", child.name, reason, ran_for, delay
+                )
+            if child.restart_at is not None and now >= child.restart_at and not self.stopping:
+                child.restarts += 1
+                child.start(now)
+                log.warning("%s started again (restart %d, pid %d)", child.name, child.restarts, child.process.pid)  # type: ignore[union-attr]
+
+    def run_until_signalled(self, poll_seconds: float = 0.2) -> None:
+        def on_signal(signum: int, frame: object) -> None:
+            self.stopping = True
+
+        previous = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGTERM, signal.SIGINT)}
+        try:
+            while not self.stopping:
+                self.check()
+                time.sleep(poll_seconds)
+        finally:
+            for sig, handler in previous.items():
+                signal.signal(sig, handler)
+
+    def stop_all(self, grace: float = 15) -> None:
+        """SIGTERM each child in order (the API first, so nothing new arrives), SIGKILL after `grace` s."""
+        self.stopping = True
+        for child in self.children:
+            process = child.process
+            if process is None or process.poll() is not None:
+                continue
+            process.send_signal(signal.SIGTERM)
+            try:
+                process.wait(timeout=grace)
+            except subprocess.TimeoutExpired:
+                log.warning("%s did not stop within %.0f s; killing it", child.name, grace)
+                process.kill()
+                process.wait()
+
+
+def visible_gpu_count() -> int:
+    """GPUs this machine's workers could use; 0 without CUDA (or without torch)."""
+    if os.environ.get("CUDA_VISIBLE_DEVICES", None) == "":
+        return 0
+    try:
+        import torch
+    except ImportError:
+        return 0
+    return int(torch.cuda.device_count()) if torch.cuda.is_available() else 0
