@@ -11,6 +11,12 @@ with NST_PRECISION=fp32 NST_COMPILE=0, and checks that the fast path's final los
 of the fp32 path's. All runs use the same random weights and seed, and every final image is
 scored with one fp32 objective. Prints a table, then one JSON line with reference_ms,
 engine_ms, speedup and the loss gaps.
+
+With --options it then times one engine iteration for each quality option in turn (Adam and
+the Gram loss, the seed's; L-BFGS; the W2 style loss; colour matching; the averaged image; all
+of them together), side by side, and prints one JSON line of them:
+
+    python bench/speed.py --device cpu --height 128 --width 128 --iterations 20 --options
 """
 
 from __future__ import annotations
@@ -173,6 +179,62 @@ def run_engine(
                 os.environ[key] = value
 
 
+# The options timed by --options: what each changes from the seed's parameters.
+OPTIONS: dict[str, dict[str, object]] = {
+    "adam, gram (the seed)": {},
+    "lbfgs (history 100)": {"optimizer": "lbfgs"},
+    "w2 style loss": {"style_loss": "w2"},
+    "color_match pca": {"color_match": "pca"},
+    "average 0.99": {"average": 0.99},
+    "lbfgs + w2 + sym + average": {"optimizer": "lbfgs", "style_loss": "w2", "color_match": "sym", "average": 0.99},
+}
+
+
+def time_option(
+    content: Image.Image, style: Image.Image, params: StyleParams, device: torch.device
+) -> tuple[float, float, float]:
+    """ms per iteration of core.stylize with `params`, between the reports of its first and last
+    iterations (the device synchronised at both, setup and the final scoring left out), after a
+    3-iteration warm-up; with the peak MiB on CUDA and the final total loss."""
+    random = WeightsSource("random")
+    stylize(content, [style], params.model_copy(update={"iterations": 3}), device=device, weights=random)
+    marks: list[float] = []
+
+    def mark(progress: object) -> None:
+        synchronize(device)
+        marks.append(time.perf_counter())
+
+    reset_peak(device)
+    result = stylize(
+        content, [style], params, device=device, weights=random, on_progress=mark, report_every=params.iterations
+    )
+    assert len(marks) == 2 and result.losses is not None
+    return (marks[1] - marks[0]) / (params.iterations - 1) * 1e3, peak_mib(device), result.losses.total
+
+
+def run_options(
+    content: Image.Image, style: Image.Image, params: StyleParams, device: torch.device, rounds: int
+) -> None:
+    """Every option in turn, `rounds` times over (a shared machine's load then falls on all of
+    them alike), each option's median round printed."""
+    # One snapshot (iteration 1) and one report at the end: the reports' cost stays out of the timing.
+    base = params.model_copy(update={"snapshot_every": params.iterations + 1})
+    runs: dict[str, list[tuple[float, float, float]]] = {name: [] for name in OPTIONS}
+    for _ in range(rounds):
+        for name, change in OPTIONS.items():
+            runs[name].append(time_option(content, style, base.model_copy(update=change), device))
+    rows = {name: sorted(timings)[len(timings) // 2] for name, timings in runs.items()}
+    seed_ms = rows["adam, gram (the seed)"][0]
+    size = f"{params.height}x{params.width}"
+    print(
+        f"\nper option, engine defaults for {device.type}, {size}, {params.iterations} iterations, median of {rounds}"
+    )
+    print(f"{'option':30} {'ms/iter':>9} {'vs seed':>8} {'peak MiB':>9} {'final loss':>12}")
+    for name, (ms, peak, loss) in rows.items():
+        print(f"{name:30} {ms:9.2f} {ms / seed_ms:7.2f}x {peak:9.0f} {loss:12.5g}")
+    print(json.dumps({"options_ms": {name: round(ms, 3) for name, (ms, _, _) in rows.items()}}))
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--device", default=None)
@@ -181,6 +243,9 @@ def main() -> None:
     parser.add_argument("--iterations", type=int, default=20)
     parser.add_argument("--precision", choices=["fp32", "bf16"], default=None, help="the engine's (NST_PRECISION)")
     parser.add_argument("--compile", choices=["0", "1"], default=None, help="the engine's (NST_COMPILE)")
+    parser.add_argument("--options", action="store_true", help="then time each quality option (L-BFGS, W2, ...)")
+    parser.add_argument("--rounds", type=int, default=3, help="with --options: rounds over all options (median)")
+    parser.add_argument("--options-only", action="store_true", help="time only the options, not the seed's loop")
     args = parser.parse_args()
     if args.precision:
         os.environ["NST_PRECISION"] = args.precision
@@ -191,6 +256,9 @@ def main() -> None:
     size = (params.height, params.width)
     with Image.open(SAMPLES / "coffee.png") as c, Image.open(SAMPLES / "starry_night.jpg") as s:
         content_img, style_img = c.convert("RGB"), s.convert("RGB")
+    if args.options_only:
+        run_options(content_img, style_img, params, device, args.rounds)
+        return
     content = to_seed_space(content_img, size).to(device)
     style = to_seed_space(style_img, size).to(device)
     reference = SeedObjective(params, content, style, device)
@@ -245,6 +313,8 @@ def main() -> None:
             }
         )
     )
+    if args.options:
+        run_options(content_img, style_img, params, device, args.rounds)
 
 
 if __name__ == "__main__":

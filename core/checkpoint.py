@@ -1,7 +1,8 @@
 """The state of a run between two iterations, so that a crashed job resumes where it was.
 
 Resuming from a checkpoint computes exactly what the uninterrupted run would have: the image,
-Adam's moments and step count, and the best image so far are all in it.
+the optimiser's state (Adam's moments and step count, or L-BFGS's history), the best image so
+far and, with `average`, the averaged image are all in it.
 """
 
 from __future__ import annotations
@@ -11,6 +12,8 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
+
+from core.averaging import ImageAverage
 
 
 def _to_cpu(value: Any) -> Any:
@@ -32,6 +35,8 @@ class Checkpoint:
     best_losses: torch.Tensor
     best_iteration: int
     seed: int
+    average: torch.Tensor | None = None  # the uncorrected moving average of the image, with `average`
+    average_count: int = 0  # samples in it
 
     @classmethod
     def capture(
@@ -43,6 +48,7 @@ class Checkpoint:
         best_losses: torch.Tensor,
         best_iteration: torch.Tensor,
         seed: int,
+        average: ImageAverage | None = None,
     ) -> Checkpoint:
         return cls(
             iteration=iteration,
@@ -52,6 +58,8 @@ class Checkpoint:
             best_losses=_to_cpu(best_losses),
             best_iteration=int(best_iteration.item()),
             seed=seed,
+            average=_to_cpu(average.value) if average is not None else None,
+            average_count=average.count if average is not None else 0,
         )
 
     def to_bytes(self) -> bytes:

@@ -62,6 +62,10 @@ _lock = threading.Lock()
 # one graph per working size inside it, so a worker compiles each size once, not once a job.
 _compiled: dict[tuple[object, ...], LossCall] = {}
 _failed: set[tuple[object, ...]] = set()
+# Every graph (each size, image layout - L-BFGS's image is contiguous - and loss function) hangs
+# on LossFunction.forward's one code object, and dynamo runs a code object eagerly, with one
+# warning, once it has 8: a worker would stop compiling after a few jobs' sizes.
+RECOMPILE_LIMIT = 128
 
 
 def loss_function(extractor: VGGFeatures, params: StyleParams, options: EngineOptions) -> LossCall:
@@ -78,12 +82,15 @@ def loss_function(extractor: VGGFeatures, params: StyleParams, options: EngineOp
         eager.alpha,
         eager.beta,
         eager.tv_weight,
+        eager.style_kind,
         options,
     )
     with _lock:
         if key in _failed:
             return eager
         if key not in _compiled:
+            dynamo_config = torch._dynamo.config
+            dynamo_config.recompile_limit = max(dynamo_config.recompile_limit, RECOMPILE_LIMIT)
             mode = "reduce-overhead" if extractor.input_offset.device.type == "cuda" else "default"
             _compiled[key] = torch.compile(eager, mode=mode, dynamic=False)
         compiled = _compiled[key]

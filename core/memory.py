@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Literal
 
 from core.decode import Size
-from core.layers import CONV_CHANNELS, CONVS_PER_BLOCK, layer_index
+from core.layers import CONV_CHANNELS, CONV_INDICES, CONVS_PER_BLOCK, layer_index
 from core.params import StyleParams
 
 Precision = Literal["fp32", "bf16"]
@@ -95,11 +95,11 @@ def count_bytes(size: Size, params: StyleParams, precision: Precision, checkpoin
     maps = _maps(size, depth)
     feature = 2 if precision == "bf16" else 4  # bytes of a map under autocast, or in fp32
     pixels = size[0] * size[1]
-    # The image, its gradient, Adam's two moments, the best image, the content image: fp32.
-    image_state = 6 * 3 * pixels * 4
+    image_state = optimiser_images(params) * 3 * pixels * 4
     content_targets = sum(m.elements * 4 for m in maps if m.index in {layer_index(n) for n in params.content_layers})
     # A loss reads its map in fp32: under bf16 that is a copy the Gram's product keeps.
     loss_copies = sum(m.elements * 4 for m in maps if m.index in taps) if precision == "bf16" else 0
+    image_state += w2_bytes(params)
     largest = max(m.elements for m in maps) * feature
     max_pool = params.pooling == "max"
     if not checkpointing:
@@ -125,6 +125,34 @@ def count_bytes(size: Size, params: StyleParams, precision: Precision, checkpoin
         start = end + 1
     copies = max((m.elements * 4 for m in maps if m.index in taps), default=0) if precision == "bf16" else 0
     return Counted(kept=kept, working=max(working, 2 * largest) + copies)
+
+
+def optimiser_images(params: StyleParams) -> int:
+    """Image-sized fp32 tensors beside the network's: the image, its gradient, the best image and
+    the content image, plus Adam's two moments, or L-BFGS's history (two vectors a step, one
+    more of each while it turns over) and its direction, last gradient and working vector; and
+    with `average` the average and its bias-corrected copy."""
+    count = 4
+    count += 2 * (params.lbfgs_history + 1) + 3 if params.optimizer == "lbfgs" else 2
+    return count + (2 if params.average is not None else 0)
+
+
+# Newton-Schulz keeps three C x C matrices an iteration for the backward pass, for the loss's
+# square root; the targets and the loss's own products add about ten more.
+W2_MATRICES_PER_LAYER = 3 * 12 + 10
+
+
+def w2_bytes(params: StyleParams) -> int:
+    """The W2 loss's matrices, fp32 (none for the Gram loss, whose Grams the maps dwarf)."""
+    if params.style_loss != "w2":
+        return 0
+    return sum(W2_MATRICES_PER_LAYER * layer_channels(name) ** 2 * 4 for name in params.style_layers)
+
+
+def layer_channels(name: str) -> int:
+    """Channels of a layer's map: those of its convolution (a ReLU's, the one before it)."""
+    index = layer_index(name)
+    return CONV_CHANNELS[max(i for i, conv in enumerate(CONV_INDICES) if conv <= index)]
 
 
 @dataclass(frozen=True)

@@ -6,20 +6,25 @@ version serves every job of the same working size (core.engine caches it).
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import torch
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
 from core.losses import content_loss, style_loss, style_target_gram, total_variation
-from core.params import StyleParams
+from core.params import StyleLossKind, StyleParams
 from core.vgg import VGGFeatures
+from core.w2 import feature_moments, w2_loss, w2_target
 
 # Order of the loss terms in the tensor the objective returns.
 LOSS_TERMS: tuple[str, ...] = ("total", "content", "style", "tv")
 
-Targets = tuple[list[torch.Tensor], list[torch.Tensor]]  # content feature maps, style Grams
+# Tensors per style layer in the targets: a Gram, or W2's mean, covariance and its square root.
+STYLE_TARGET_PARTS: dict[StyleLossKind, int] = {"gram": 1, "w2": 3}
+STYLE_LOSSES: dict[StyleLossKind, Callable[..., torch.Tensor]] = {"gram": style_loss, "w2": w2_loss}
+
+Targets = tuple[list[torch.Tensor], list[torch.Tensor]]  # content feature maps, style targets (flat)
 
 
 class LossFunction(nn.Module):
@@ -39,6 +44,7 @@ class LossFunction(nn.Module):
         self.alpha = params.content_weight
         self.beta = params.style_weight
         self.tv_weight = params.tv_weight
+        self.style_kind: StyleLossKind = params.style_loss
         self.bf16 = bf16
 
     def forward(
@@ -54,12 +60,15 @@ class LossFunction(nn.Module):
         ):
             content = content + weight * content_loss(f, target)
         style = zero
-        for weight, f, target in zip(self.style_layer_weights, maps[self.content_count :], style_targets, strict=True):
+        parts = STYLE_TARGET_PARTS[self.style_kind]
+        layer_loss = STYLE_LOSSES[self.style_kind]
+        for i, (weight, f) in enumerate(zip(self.style_layer_weights, maps[self.content_count :], strict=True)):
+            target = style_targets[i * parts : (i + 1) * parts]
             if self.extractor.checkpointing and f.requires_grad:
-                # The Gram's fp32 copy of a bf16 map is made again in the backward, not kept.
-                style = style + weight * checkpoint(style_loss, f, target, use_reentrant=False)
+                # The statistics' fp32 copy of a bf16 map is made again in the backward, not kept.
+                style = style + weight * checkpoint(layer_loss, f, *target, use_reentrant=False)
             else:
-                style = style + weight * style_loss(f, target)
+                style = style + weight * layer_loss(f, *target)
         tv = total_variation(x) if self.tv_weight > 0 else zero
         total = self.alpha * content + self.beta * style + self.tv_weight * tv
         return torch.stack([total, content, style, tv])
@@ -73,10 +82,16 @@ def compute_targets(
     styles: Sequence[torch.Tensor],
     blend_weights: Sequence[float],
 ) -> Targets:
-    """The content's feature maps and the blended style Grams, in fp32 (computed once a job)."""
+    """The content's feature maps and the blended style targets, in fp32 (computed once a stage):
+    a Gram per style layer, or with `style_loss: "w2"` three tensors per layer (core.w2)."""
     count = len(params.content_layers)
     content_maps = extractor(content)
     content_targets = [f.float().contiguous() for f in content_maps[:count]]
+    if params.style_loss == "w2":
+        # Each style's moments per layer (C + C*C numbers), then mixed: its maps are not kept.
+        moments = [[feature_moments(f) for f in extractor(style)[count:]] for style in styles]
+        per_layer = zip(*moments, strict=True)
+        return content_targets, [part for layer in per_layer for part in w2_target(layer, blend_weights)]
     # Grams are compared at the working image's size, which the content image has.
     positions = [f.shape[2] * f.shape[3] for f in content_maps[count:]]
     style_targets = [torch.zeros((f.shape[1], f.shape[1]), device=content.device) for f in content_maps[count:]]

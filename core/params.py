@@ -38,6 +38,12 @@ MAX_SCALES = 16
 
 InitKind = Literal["blend", "content", "style", "noise"]
 PoolingKind = Literal["avg", "max"]
+OptimizerKind = Literal["adam", "lbfgs"]
+ColorMatchKind = Literal["none", "pca", "chol", "sym"]
+StyleLossKind = Literal["gram", "w2"]
+# An EMA's decay: 0 would be no average, 1 would never move.
+Decay = Annotated[float, Field(gt=0.0, lt=1.0, allow_inf_nan=False)]
+MAX_LBFGS_HISTORY = 1000
 
 
 class Scale(BaseModel):
@@ -74,7 +80,21 @@ class StyleParams(BaseModel):
     )
     content_weight: Weight = Field(1.0, description="alpha, weight of the content loss")
     style_weight: Weight = Field(1000.0, description="beta, weight of the style loss")
-    learning_rate: float = Field(2.0, gt=0.0, le=1000.0, description="Adam step, in pixel units (0..255 space)")
+    learning_rate: float = Field(
+        2.0, gt=0.0, le=1000.0, description="Adam step, in pixel units (0..255 space); L-BFGS takes 1, as its anchors"
+    )
+    optimizer: OptimizerKind = Field(
+        "adam",
+        description='"adam" (the seed) or "lbfgs" (jcjohnson/neural-style\'s default: one function evaluation a '
+        "step, as crowsonkb/style-transfer-pytorch; its history restarts at each scale)",
+    )
+    lbfgs_history: int = Field(
+        100,
+        ge=1,
+        le=MAX_LBFGS_HISTORY,
+        description="L-BFGS: how many past steps shape the next (jcjohnson/neural-style's -lbfgs_num_correction: "
+        "100; crowsonkb uses 10); each keeps two image-sized vectors",
+    )
     content_layers: list[LayerName] = Field(
         default_factory=lambda: ["conv4_2"], max_length=16, description="VGG-19 layers for the content loss"
     )
@@ -100,6 +120,23 @@ class StyleParams(BaseModel):
     )
     style_scale: float = Field(1.0, ge=0.05, le=4.0, description="style image size relative to the working size")
     preserve_colors: bool = Field(False, description="keep the content's colours, transfer only luminance")
+    color_match: ColorMatchKind = Field(
+        "none",
+        description="before the run, give the style images the content's colour mean and covariance "
+        '(ProGamerGov/Neural-Tools linear-color-transfer: "pca", "chol" or "sym" matrix square roots)',
+    )
+    style_loss: StyleLossKind = Field(
+        "gram",
+        description='"gram" (the seed) or "w2": the Wasserstein-2 distance between the features\' means and '
+        "covariances (crowsonkb/style-transfer-pytorch); its scale differs from the Gram loss's, so style_weight "
+        "wants retuning",
+    )
+    average: Decay | None = Field(
+        None,
+        description="null: the result is the lowest-loss image (the seed); a decay such as 0.99: snapshots and "
+        "the result are the bias-corrected moving average of the image, restarted at each scale "
+        "(crowsonkb/style-transfer-pytorch)",
+    )
     seed: int | None = Field(
         None, ge=0, le=2**63 - 1, description="random seed; the same seed on the same device gives the same image"
     )

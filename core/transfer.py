@@ -1,4 +1,9 @@
-"""The optimisation loop of Gatys et al. as the seed runs it: Adam on the pixels of one image."""
+"""The optimisation loop of Gatys et al. as the seed runs it: Adam on the pixels of one image.
+
+The quality options change parts of it, each in its own module: L-BFGS (core.optimizers), the
+W2 style loss (core.w2), colour matching of the style images (core.color_match) and the
+averaged image (core.averaging).
+"""
 
 from __future__ import annotations
 
@@ -15,24 +20,25 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
+from core.averaging import ImageAverage
 from core.checkpoint import Checkpoint
+from core.color_match import match_seed_space
 from core.decode import Size, image_size, to_rgb
 from core.device import resolve_device
 from core.engine import EngineOptions, loss_function, mark_iteration
 from core.handoff import HostCopy, copy_to_host
 from core.images import from_seed_space, style_size, to_seed_space, transfer_luminance, working_size
-from core.objective import LOSS_TERMS, compute_targets
+from core.objective import LOSS_TERMS, LossFunction, Targets, compute_targets
+from core.optimizers import carry_state, image_layout, make_optimizer, take_step
+from core.optimizers import resize_adam_state as resize_adam_state  # where the tests and benches found it
 from core.params import StyleParams
-from core.scales import plan_stages, stage_of
+from core.scales import Stage, plan_stages, stage_of
 from core.sizes import fit_within
-from core.vgg import vgg_extractor
+from core.vgg import VGGFeatures, vgg_extractor
 from core.weights import WeightsSource
 
 log = logging.getLogger(__name__)
 
-# MATLAB adamupdate's defaults, which the seed uses.
-ADAM_BETAS = (0.9, 0.999)
-ADAM_EPS = 1e-8
 NOISE_RANGE = 20  # uniform integers in [-20, 20]
 
 
@@ -80,9 +86,9 @@ class Progress:
         return Losses.from_tensor(self._copy.get()[0])
 
     def image(self, max_side: int | None = None) -> Image.Image:
-        """The image whose losses these are, at the content's original size, or scaled down to
-        fit `max_side` on its long side (never up); made on demand. Only at a snapshot, or
-        with `copy_image` reports."""
+        """The image whose losses these are (with `average`, the average so far instead), at the
+        content's original size, or scaled down to fit `max_side` on its long side (never up);
+        made on demand. Only at a snapshot, or with `copy_image` reports."""
         copied = self._copy.get()
         if len(copied) < 2:
             raise ValueError(f"iteration {self.iteration}: no image was copied for this report")
@@ -143,8 +149,14 @@ def stylize(
     the network's inside in the backward pass instead of storing it (core.memory says when).
 
     With `params.scales`, the stages run in turn (core.scales): each starts from the last one's
-    image, upsampled (bicubic), with Adam's moments resized along, and recomputes its targets
-    at its size. Iterations count across stages; the best image is the last stage's.
+    image, upsampled (bicubic), with Adam's moments resized along (L-BFGS starts afresh), and
+    recomputes its targets at its size. Iterations count across stages; the best image is the
+    last stage's.
+
+    With `params.average`, reports show and the result is the bias-corrected moving average of
+    the image rather than the lowest-loss image (crowsonkb's choice); it restarts at each stage,
+    which starts from the last one's average; the result's losses are the average's own, its
+    `best_iteration` the last iteration run. A report's losses stay those of the image stepped from.
     """
     params = params or StyleParams()
     if not styles:
@@ -162,6 +174,7 @@ def stylize(
 
     options = EngineOptions.for_device(run_device)
     layout = options.memory_format
+    x_layout = image_layout(params, layout)
     extractor = vgg_extractor(
         [*params.content_layers, *params.style_layers],
         pooling=params.pooling,
@@ -176,9 +189,18 @@ def stylize(
         image = from_seed_space(pixels, fit_within(original, max_side))
         return transfer_luminance(image, content) if params.preserve_colors else image
 
+    def stage_inputs(stage: Stage) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        """The content and (colour-matched) style images at a stage's size, in seed space."""
+        content_x = to_seed_space(content, stage.size).to(run_device).contiguous(memory_format=layout)
+        style_xs = [to_seed_space(s, style_size(image_size(s), stage.size, params)).to(run_device) for s in styles]
+        style_xs = [match_seed_space(s, content_x, params.color_match) for s in style_xs]
+        return content_x, [s.contiguous(memory_format=layout) for s in style_xs]
+
     done = 0  # iterations completed
     x: torch.Tensor | None = None
     optimizer_state: dict[str, Any] | None = None
+    average: ImageAverage | None = None
+    targets: Targets | None = None
     # The best image is tracked on the device, so the loop never waits for the GPU to learn
     # whether a loss fell; only reports read numbers back.
     best_x: torch.Tensor | None = None
@@ -192,6 +214,8 @@ def stylize(
         best_x = resume.best_image.to(run_device)
         best_losses = resume.best_losses.to(run_device)
         best_iteration = torch.tensor(resume.best_iteration, device=run_device)
+        if params.average is not None and resume.average is not None:
+            average = ImageAverage(params.average, resume.average.to(run_device), resume.average_count)
 
     start = last_time = time.perf_counter()
     last_report = done
@@ -199,26 +223,28 @@ def stylize(
     for index, stage in enumerate(stages):
         if stage.last <= done:
             continue
-        content_x = to_seed_space(content, stage.size).to(run_device).contiguous(memory_format=layout)
-        style_xs = [to_seed_space(s, style_size(image_size(s), stage.size, params)).to(run_device) for s in styles]
-        style_xs = [s.contiguous(memory_format=layout) for s in style_xs]
+        content_x, style_xs = stage_inputs(stage)
         targets = compute_targets(extractor, params, content_x, style_xs, blend)
+        starting = done < stage.first  # a stage starting now, not one resumed in its middle
         if x is None:
             x = initial_image(params, content_x, style_xs[0], seed)
-        elif tuple(x.shape[2:]) != stage.size:
-            x = upsample(x.to(run_device), stage.size)
-            optimizer_state = resize_adam_state(optimizer_state, stage.size, layout) if optimizer_state else None
+        else:
+            if starting and average is not None:
+                x = average.get()  # crowsonkb: a scale starts from the last one's averaged image
+            if tuple(x.shape[2:]) != stage.size:
+                x = upsample(x.to(run_device), stage.size)
+                optimizer_state = carry_state(params, optimizer_state, stage.size, x_layout)
         del content_x, style_xs  # the targets hold what the stage needs
-        x = x.to(run_device).contiguous(memory_format=layout).requires_grad_(True)
-        optimizer = torch.optim.Adam(
-            [x], lr=params.learning_rate, betas=ADAM_BETAS, eps=ADAM_EPS, fused=run_device.type == "cuda"
-        )
+        x = x.to(run_device).contiguous(memory_format=x_layout).requires_grad_(True)
+        optimizer = make_optimizer(params, x)
         if optimizer_state is not None:
             optimizer.load_state_dict(optimizer_state)
-        if done < stage.first:  # a stage starting now: its best image is its own
+        if starting:  # its best image, and its average, are its own
             best_x = x.detach().clone()
             best_losses = torch.full((len(LOSS_TERMS),), math.inf, device=run_device)
             best_iteration = torch.zeros((), dtype=torch.long, device=run_device)
+        if params.average is not None and (starting or average is None):
+            average = ImageAverage.start(params.average, x)
         assert best_x is not None
         for iteration in range(done + 1, stage.last + 1):
             if should_stop is not None and should_stop():
@@ -242,8 +268,9 @@ def stylize(
                 now = time.perf_counter()
                 rate = (iteration - last_report) / max(now - last_time, 1e-9)
                 last_time, last_report = now, iteration
+                shown = average.get() if average is not None else x
                 # Copied now (x changes at the step), read whenever the caller reads it.
-                handed = copy_to_host(losses, x) if snapshot or copy_image else copy_to_host(losses)
+                handed = copy_to_host(losses, shown) if snapshot or copy_image else copy_to_host(losses)
                 on_progress(
                     Progress(
                         iteration=iteration,
@@ -258,19 +285,34 @@ def stylize(
                         _render=render,
                     )
                 )
-            optimizer.step()
+            take_step(optimizer, losses[0])
+            if average is not None:
+                average.update(x)
             if on_checkpoint is not None and checkpoint_every and iteration % checkpoint_every == 0:
-                on_checkpoint(Checkpoint.capture(iteration, x, optimizer, best_x, best_losses, best_iteration, seed))
+                on_checkpoint(
+                    Checkpoint.capture(iteration, x, optimizer, best_x, best_losses, best_iteration, seed, average)
+                )
         optimizer_state = optimizer.state_dict()
         x = x.detach()
         if stopped:
             break
 
     ran = done > 0
+    result_losses = Losses.from_tensor(best_losses) if ran else None
+    result_x = best_x if best_x is not None else x
+    result_iteration = int(best_iteration.item())
+    if average is not None:
+        # The averaged image is the result (crowsonkb returns it), scored here once: the loop
+        # only ever measured the images it stepped from.
+        result_x, result_iteration = average.get(), done
+        if ran:
+            if targets is None:  # resumed at the very end: the last stage's targets
+                targets = compute_targets(extractor, params, *stage_inputs(stages[-1]), blend)
+            result_losses = Losses.from_tensor(score(extractor, params, options, result_x, targets, layout))
     return StyleResult(
-        image=render(best_x if best_x is not None else x),
-        losses=Losses.from_tensor(best_losses) if ran else None,
-        best_iteration=int(best_iteration.item()),
+        image=render(result_x),
+        losses=result_losses,
+        best_iteration=result_iteration,
         iterations_run=done,
         stopped=stopped,
         seed=seed,
@@ -283,26 +325,23 @@ def stylize(
     )
 
 
+@torch.no_grad()
+def score(
+    extractor: VGGFeatures,
+    params: StyleParams,
+    options: EngineOptions,
+    x: torch.Tensor,
+    targets: Targets,
+    layout: torch.memory_format,
+) -> torch.Tensor:
+    """The loss terms of one image, eagerly (a compiled graph is recorded for the training step)."""
+    objective = LossFunction(extractor, params, bf16=options.precision == "bf16")
+    return objective(x.contiguous(memory_format=layout), *targets).float()
+
+
 def upsample(x: torch.Tensor, size: Size) -> torch.Tensor:
     """The image at the next stage's size (bicubic, as crowsonkb's schedule does)."""
     return F.interpolate(x.detach().float(), size=size, mode="bicubic", align_corners=False)
-
-
-def resize_adam_state(
-    state: dict[str, Any], size: Size, layout: torch.memory_format = torch.contiguous_format
-) -> dict[str, Any]:
-    """Adam's moments resized with the image, so the next stage goes on where this one was: the
-    first moment bicubic, the second bilinear and kept non-negative (it is a square). In the
-    image's memory layout: fused Adam wants a parameter and its moments alike."""
-    resized: dict[str, Any] = {"param_groups": state["param_groups"], "state": {}}
-    for key, moments in state["state"].items():
-        moved = dict(moments)
-        first = F.interpolate(moments["exp_avg"], size=size, mode="bicubic", align_corners=False)
-        second = F.interpolate(moments["exp_avg_sq"], size=size, mode="bilinear", align_corners=False).clamp_(min=0)
-        moved["exp_avg"] = first.contiguous(memory_format=layout)
-        moved["exp_avg_sq"] = second.contiguous(memory_format=layout)
-        resized["state"][key] = moved
-    return resized
 
 
 def initial_image(params: StyleParams, content: torch.Tensor, style: torch.Tensor, seed: int) -> torch.Tensor:
