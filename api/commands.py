@@ -25,7 +25,7 @@ def add_commands(commands: argparse._SubParsersAction) -> None:  # type: ignore[
     )
     submit.add_argument("content", type=Path, metavar="CONTENT")
     submit.add_argument("styles", type=Path, nargs="+", metavar="STYLE")
-    submit.add_argument("--server", default="http://127.0.0.1:8000")
+    submit.add_argument("--server", default="http://127.0.0.1:8000", help="the API; NST_API_KEY is sent as its key")
     submit.add_argument("--params", default=None, help="JSON object, e.g. '{\"iterations\": 500}'")
     submit.add_argument("--wait", action="store_true", help="poll until the job ends, with a progress bar")
     submit.add_argument("-o", "--output", type=Path, default=None, help="save the result here (implies --wait)")
@@ -35,6 +35,8 @@ def add_commands(commands: argparse._SubParsersAction) -> None:  # type: ignore[
 def run_api(args: argparse.Namespace, stderr: TextIO) -> None:
     import uvicorn
 
+    from core.logs import uvicorn_log_config
+
     uvicorn.run(
         "api.app:create_app",
         factory=True,
@@ -43,6 +45,7 @@ def run_api(args: argparse.Namespace, stderr: TextIO) -> None:
         workers=args.workers,
         proxy_headers=True,
         log_level="info",
+        log_config=uvicorn_log_config("info"),  # the same one-line records (and JSON) as the workers
         # Event streams never end by themselves: on SIGTERM wait this long, then close them.
         timeout_graceful_shutdown=GRACEFUL_SHUTDOWN_SECONDS,
     )

@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any, TextIO
 from pydantic import ValidationError
 
 from core.errors import CommandError, StyleError
+from core.logs import configure_logging
 from core.params import StyleParams
 
 if TYPE_CHECKING:
@@ -22,7 +23,7 @@ if TYPE_CHECKING:
 
 # Subcommands of the service, present when its extras are installed. The modules import their
 # heavy dependencies (torch, Celery, uvicorn) only when their command runs.
-SERVICE_COMMANDS = ("worker.commands", "api.commands")
+SERVICE_COMMANDS = ("worker.commands", "api.commands", "api.key_commands")
 
 log = logging.getLogger("nst")
 
@@ -249,7 +250,11 @@ def run_fetch_weights(args: argparse.Namespace, stderr: TextIO) -> None:
 
 def main(argv: Sequence[str] | None = None, stderr: TextIO | None = None) -> int:
     stderr = stderr or sys.stderr
-    logging.basicConfig(level=logging.WARNING, format="nst: %(levelname)s: %(message)s", stream=stderr)
+    try:
+        configure_logging(logging.WARNING, stderr)
+    except ValueError as exc:  # a bad NST_LOG_FORMAT
+        stderr.write(f"nst: error: {exc}\n")
+        return 2
     parser = build_parser()
     args = parser.parse_args(argv)
     try:

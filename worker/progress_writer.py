@@ -7,6 +7,7 @@ reports behind, the loop waits for it rather than drop a snapshot or let memory 
 
 from __future__ import annotations
 
+import contextvars
 import logging
 import queue
 import threading
@@ -39,7 +40,10 @@ class OrderedWriter(Generic[T]):
         self.waited_seconds = 0.0
         self.written = 0
         self.busy_seconds = 0.0  # CPU time the writer's thread spent writing (thread_time)
-        self._thread = threading.Thread(target=self._run, name=name, daemon=True)
+        # In a copy of the caller's context: the writer's log records carry the job id too.
+        self._thread = threading.Thread(
+            target=contextvars.copy_context().run, args=(self._run,), name=name, daemon=True
+        )
         self._thread.start()
 
     def submit(self, item: T, abandon: Callable[[], bool] | None = None) -> bool:
