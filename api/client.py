@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import sys
 import time
 from pathlib import Path
@@ -43,7 +44,10 @@ def submit_and_follow(
     except OSError as exc:
         raise CommandError(f"cannot read {exc.filename}: {exc.strerror}") from exc
     try:
-        with httpx.Client(base_url=server, timeout=60) as client:
+        # A service with API keys (NST_API_KEYS_FILE) wants one on every /jobs request.
+        key = os.environ.get("NST_API_KEY", "").strip()
+        headers = {"Authorization": f"Bearer {key}"} if key else {}
+        with httpx.Client(base_url=server, timeout=60, headers=headers) as client:
             answer = client.post("/jobs", files=files, data={"params": params} if params else None)
             if answer.status_code != 202:
                 raise CommandError(f"submission refused: {_problem_text(answer)}")

@@ -42,9 +42,10 @@ HubDep = Annotated[EventHub, Depends(_hub)]
 CeleryDep = Annotated[Celery, Depends(_celery)]
 
 
-async def load_record(job_id: str, reader: JobReader) -> dict[str, Any]:
-    """The job's decoded record, or 404: ids that cannot be ours never reach Redis."""
-    record = await reader.record(job_id)
+async def load_record(job_id: str, reader: JobReader, owner: str | None) -> dict[str, Any]:
+    """The job's decoded record, or 404: ids that cannot be ours never reach Redis, and another
+    API key's job is answered as if it did not exist (`owner`: the caller, api.auth.CallerDep)."""
+    record = await reader.record(job_id, owner)
     if record is None:
         raise not_found()
     return record

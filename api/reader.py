@@ -26,6 +26,7 @@ from worker.keys import (
     is_job_id,
     job_key,
     losses_key,
+    owner_jobs_key,
     parse_history,
     result_key,
     snapshot_key,
@@ -68,6 +69,12 @@ def loads(value: bytes) -> Any:
         return json.loads(value)
 
 
+def owns(fields: dict[bytes, bytes], owner: str | None) -> bool:
+    """Whether the job hash belongs to API key `owner` (None: keys are off, every job is visible).
+    Compared as stored (JSON) to skip decoding: another key's job reads as no job at all."""
+    return owner is None or fields.get(b"owner") == json.dumps(owner).encode()
+
+
 def decode_record(fields: dict[bytes, bytes]) -> dict[str, Any]:
     """The job hash, each field's JSON decoded; no model validation on the hot path."""
     return {name.decode(): loads(value) for name, value in fields.items()}
@@ -89,20 +96,20 @@ class JobReader:
         await self.redis.aclose()
 
     @bounded
-    async def record(self, job_id: str) -> dict[str, Any] | None:
+    async def record(self, job_id: str, owner: str | None = None) -> dict[str, Any] | None:
         """The decoded job hash, or None; ids that cannot be ours never reach Redis."""
-        return await self._record(job_id)
+        return await self._record(job_id, owner)
 
-    async def _record(self, job_id: str) -> dict[str, Any] | None:
+    async def _record(self, job_id: str, owner: str | None) -> dict[str, Any] | None:
         if not is_job_id(job_id):
             return None
         fields = await self.redis.hgetall(job_key(job_id))
-        return decode_record(fields) if fields else None
+        return decode_record(fields) if fields and owns(fields, owner) else None
 
     @bounded
-    async def job(self, job_id: str) -> dict[str, Any] | None:
+    async def job(self, job_id: str, owner: str | None = None) -> dict[str, Any] | None:
         """The job as clients see it: one HGETALL, and a ZRANK only while it is queued."""
-        record = await self._record(job_id)
+        record = await self._record(job_id, owner)
         if record is None:
             return None
         rank = await self.redis.zrank(QUEUE_KEY, job_id) if record["status"] == "queued" else None
@@ -113,7 +120,9 @@ class JobReader:
         return bool(await self.redis.exists(job_key(job_id)))
 
     @bounded
-    async def job_with_position(self, job_id: str) -> tuple[dict[str, Any] | None, bytes | None, bytes | None]:
+    async def job_with_position(
+        self, job_id: str, owner: str | None = None
+    ) -> tuple[dict[str, Any] | None, bytes | None, bytes | None]:
         """The job, and the ids of the first and last entries of its event stream, read in one
         transaction: the job is exactly the state those entries had made."""
         if not is_job_id(job_id):
@@ -124,7 +133,7 @@ class JobReader:
             pipe.xrange(events_key(job_id), count=1)
             pipe.xrevrange(events_key(job_id), count=1)
             fields, rank, first, last = await pipe.execute()
-        if not fields:
+        if not fields or not owns(fields, owner):
             return None, None, None
         return job_view(decode_record(fields), rank), (first[0][0] if first else None), (last[0][0] if last else None)
 
@@ -147,14 +156,18 @@ class JobReader:
         return await self.redis.get(result_key(job_id))
 
     @bounded
-    async def list_jobs(self, limit: int, before: int | None) -> tuple[list[dict[str, Any]], int | None]:
-        """Newest first, below sequence number `before`; returns the jobs and the next cursor."""
+    async def list_jobs(
+        self, limit: int, before: int | None, owner: str | None = None
+    ) -> tuple[list[dict[str, Any]], int | None]:
+        """Newest first, below sequence number `before`; returns the jobs and the next cursor.
+        With `owner`, that API key's jobs only (from its own index)."""
+        index = JOBS_KEY if owner is None else owner_jobs_key(owner)
         upper = f"({before}" if before is not None else "+inf"
         jobs: list[dict[str, Any]] = []
         last_sequence = 0
         while len(jobs) < limit:
             rows = await self.redis.zrevrangebyscore(
-                JOBS_KEY, upper, "-inf", start=0, num=limit - len(jobs), withscores=True
+                index, upper, "-inf", start=0, num=limit - len(jobs), withscores=True
             )
             if not rows:
                 return jobs, None
@@ -166,12 +179,12 @@ class JobReader:
                 answers = await pipe.execute()
             for (raw_id, _), fields, rank in zip(rows, answers[::2], answers[1::2], strict=True):
                 if not fields:  # expired: drop it from the listing for good
-                    await self.redis.zrem(JOBS_KEY, raw_id)
+                    await self.redis.zrem(index, raw_id)
                     continue
                 record = decode_record(fields)
                 last_sequence = record["sequence"]
                 jobs.append(job_view(record, rank))
-        more = await self.redis.zrevrangebyscore(JOBS_KEY, upper, "-inf", start=0, num=1)
+        more = await self.redis.zrevrangebyscore(index, upper, "-inf", start=0, num=1)
         return jobs, (last_sequence if more else None)
 
     @bounded

@@ -10,6 +10,7 @@ import redis
 from fastapi import APIRouter, Header
 from fastapi.responses import Response, StreamingResponse
 
+from api.auth import CallerDep
 from api.deps import HubDep, ReaderDep, SettingsDep, load_record
 from api.event_hub import OVERFLOW, ZERO_ID, Event, EventHub, build_events, id_key, parse_event_id, sse
 from api.openapi import UNAVAILABLE, problems
@@ -46,12 +47,13 @@ async def job_events(
     reader: ReaderDep,
     hub: HubDep,
     settings: SettingsDep,
+    caller: CallerDep,
     last_event_id: Annotated[
         str | None, Header(description="the id of the last event received; what came after it is sent")
     ] = None,
 ) -> Response:
     """The job's events as they happen: status changes, progress, snapshots, and its end."""
-    job, first, last = await reader.job_with_position(job_id)
+    job, first, last = await reader.job_with_position(job_id, caller)
     if job is None:
         raise not_found()
     after = parse_event_id(last_event_id, last)
@@ -157,8 +159,8 @@ async def _catch_up(reader: JobReader, job_id: str, position: bytes) -> tuple[by
     response_model=LossHistory,
     responses=problems(e404="no such job", e503=UNAVAILABLE),
 )
-async def get_loss_history(job_id: str, reader: ReaderDep) -> dict[str, list[float]]:
+async def get_loss_history(job_id: str, reader: ReaderDep, caller: CallerDep) -> dict[str, list[float]]:
     """Every loss the job has reported (at each progress event: every `snapshot_every / 5`
     iterations, at most twice a second, and at each snapshot), for charts."""
-    await load_record(job_id, reader)
+    await load_record(job_id, reader, caller)
     return await reader.losses(job_id)

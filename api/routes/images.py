@@ -5,6 +5,7 @@ from __future__ import annotations
 from fastapi import APIRouter, Request
 from fastapi.responses import Response
 
+from api.auth import CallerDep
 from api.deps import ReaderDep, load_record
 from api.openapi import UNAVAILABLE, binary, image_media_type, problems
 from api.problems import Problem
@@ -24,9 +25,9 @@ SNAPSHOT_SIZE = "the snapshot: the content's size scaled down to fit NST_SNAPSHO
     responses={200: binary("image/jpeg", SNAPSHOT_SIZE, X_ITERATION)}
     | problems(e404="no such job or snapshot", e503=UNAVAILABLE),
 )
-async def get_snapshot(job_id: str, iteration: str, reader: ReaderDep, request: Request) -> Response:
+async def get_snapshot(job_id: str, iteration: str, reader: ReaderDep, request: Request, caller: CallerDep) -> Response:
     """A snapshot as JPEG: `iteration` is one of the job's snapshot iterations, or `latest`."""
-    record = await load_record(job_id, reader)
+    record = await load_record(job_id, reader, caller)
     snapshots: list[int] = record.get("snapshots", [])
     if iteration == "latest":
         if not snapshots:
@@ -66,9 +67,9 @@ def no_result(status: str, error: dict[str, object] | None) -> Problem:
         e503=UNAVAILABLE,
     ),
 )
-async def get_result(job_id: str, reader: ReaderDep, request: Request) -> Response:
+async def get_result(job_id: str, reader: ReaderDep, request: Request, caller: CallerDep) -> Response:
     """The result as PNG at the content's original size; 409 unless the job has succeeded."""
-    record = await load_record(job_id, reader)
+    record = await load_record(job_id, reader, caller)
     if record["status"] != "succeeded":
         raise no_result(record["status"], record.get("error"))
     data = await reader.result(job_id)

@@ -1,6 +1,8 @@
 // Talking to the API: every failure becomes an RFC 9457 problem object, so the views have one
 // shape to show, whether the server said no or the network did.
 
+import { apiKey, askForKey } from "./key.js";
+
 export const FINAL = ["succeeded", "failed", "canceled"];
 export const isFinal = (job) => FINAL.includes(job.status);
 
@@ -35,16 +37,29 @@ async function problemOf(response) {
   return { type: "about:blank", title, status: response.status, detail };
 }
 
-/** fetch() that throws ProblemError for network errors and for answers >= 400. */
+/**
+ * fetch() that throws ProblemError for network errors and for answers >= 400. With an API key
+ * kept in the browser it is sent as Bearer; a 401 asks for a key (key.js) and tries again with it.
+ */
 export async function request(url, options = {}) {
-  let response;
-  try {
-    response = await fetch(url, { headers: { Accept: "application/json" }, ...options });
-  } catch (error) {
-    throw new ProblemError(networkProblem(error));
+  for (;;) {
+    const key = apiKey();
+    const headers = { Accept: "application/json", ...options.headers };
+    if (key) headers.Authorization = `Bearer ${key}`;
+    let response;
+    try {
+      response = await fetch(url, { ...options, headers });
+    } catch (error) {
+      throw new ProblemError(networkProblem(error));
+    }
+    if (response.status === 401) {
+      const problem = await problemOf(response);
+      if (await askForKey(problem, key)) continue;
+      throw new ProblemError(problem);
+    }
+    if (response.status >= 400) throw new ProblemError(await problemOf(response));
+    return response;
   }
-  if (response.status >= 400) throw new ProblemError(await problemOf(response));
-  return response;
 }
 
 export async function getJSON(url, options) {

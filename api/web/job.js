@@ -6,6 +6,7 @@ import { getJob, getLosses, cancelJob, isFinal, asProblem } from "./api.js";
 import { LossChart } from "./chart.js";
 import { h, $, show, duration, when, valueText } from "./dom.js";
 import { LossHistory } from "./history.js";
+import { JobImage } from "./images.js";
 import { watch } from "./live.js";
 import { showError, clearError } from "./notice.js";
 
@@ -56,6 +57,10 @@ export class JobView {
       params: $("#job-params", root),
     };
     this.chart = new LossChart($("#loss-chart", root));
+    this.snapshotImage = new JobImage(this.el.snapshot);
+    this.resultImage = new JobImage(this.el.result, (src) => {
+      this.el.download.href = src; // with an API key a blob: URL, which a plain link can download
+    });
     this.el.cancel.addEventListener("click", () => this.cancel());
     this.id = null;
   }
@@ -67,8 +72,8 @@ export class JobView {
     Object.assign(this, { id, job: null, transient: null, refused: null, rate: null, attempt: null });
     this.history = new LossHistory();
     this.el.id.textContent = id;
-    this.el.snapshot.removeAttribute("src");
-    this.el.result.removeAttribute("src");
+    this.snapshotImage.clear();
+    this.resultImage.clear();
     this.chart.update([], 1);
     if (known) this.applyJob(known);
     else this.render();
@@ -249,15 +254,14 @@ export class JobView {
   renderImages(job) {
     const { el } = this;
     const latest = job.snapshots.at(-1);
-    if (latest && el.snapshot.getAttribute("src") !== latest.url) el.snapshot.src = latest.url;
+    if (latest) this.snapshotImage.show(latest.url);
     el.snapshotCaption.textContent = latest ? `snapshot at iteration ${latest.iteration}` : "";
     const succeeded = job.status === "succeeded" && job.result_url;
     show(el.snapshotFigure, Boolean(latest) && !succeeded);
     show(el.resultFigure, Boolean(succeeded));
     show(el.waiting, !latest && !isFinal(job));
-    if (succeeded && el.result.getAttribute("src") !== job.result_url) {
-      el.result.src = job.result_url;
-      el.download.href = job.result_url;
+    if (succeeded) {
+      this.resultImage.show(job.result_url);
       el.download.setAttribute("download", `${job.id}.png`);
     }
   }

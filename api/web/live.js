@@ -1,8 +1,10 @@
 // Live updates of one job: Server-Sent Events (GET /jobs/{id}/events), or polling GET /jobs/{id}
-// once a second where EventSource is missing or keeps failing. EventSource resumes by itself
-// after a dropped connection (it sends Last-Event-ID), so a few errors are normal.
+// once a second where EventSource is missing or keeps failing, or where the page has an API key.
+// EventSource resumes by itself after a dropped connection (it sends Last-Event-ID), so a few
+// errors are normal.
 
 import { isFinal, request, asProblem } from "./api.js";
+import { apiKey } from "./key.js";
 
 const EVENTS = ["job", "status", "progress", "snapshot", "end"];
 const POLL_MS = 1000;
@@ -58,7 +60,8 @@ export function watch(id, handlers) {
     pollOnce();
   }
 
-  if (typeof window.EventSource !== "function") {
+  // EventSource cannot send an Authorization header: with an API key, poll (with If-None-Match).
+  if (typeof window.EventSource !== "function" || apiKey()) {
     startPolling();
     return stop;
   }

@@ -3,17 +3,22 @@
 
 import { listJobs, isFinal, asProblem } from "./api.js";
 import { h, when } from "./dom.js";
+import { ImageCache } from "./images.js";
 
 const LIMIT = 12;
 const REFRESH_MS = 4000;
 
-function card(job) {
+function card(job, images) {
   // Only jobs with a snapshot get an <img>: /snapshots/latest is a 404 before the first one.
   // The latest snapshot's own URL is cached for good by the browser, unlike /latest.
   const latest = job.snapshots.at(-1);
-  const picture = latest
-    ? h("img", { src: latest.url, alt: "", loading: "lazy" })
-    : h("div", { class: "placeholder", "aria-hidden": "true" }, "no image yet");
+  let picture;
+  if (latest) {
+    picture = h("img", { alt: "", loading: "lazy" });
+    images.show(picture, latest.url);
+  } else {
+    picture = h("div", { class: "placeholder", "aria-hidden": "true" }, "no image yet");
+  }
   const percent = job.status === "running" ? ` ${Math.floor(job.progress.fraction * 100)}%` : "";
   const { width, height, iterations } = job.params;
   return h(
@@ -35,6 +40,7 @@ export class RecentJobs {
     this.list = list;
     this.timer = null;
     this.active = false;
+    this.images = new ImageCache(); // with an API key: the thumbnails, fetched once each
   }
 
   start() {
@@ -61,8 +67,10 @@ export class RecentJobs {
     }
     if (!this.active) return;
     const jobs = page.items;
-    const items = jobs.length ? jobs.map(card) : [h("li", { class: "muted" }, "No jobs yet.")];
+    const cards = jobs.map((job) => card(job, this.images));
+    const items = jobs.length ? cards : [h("li", { class: "muted" }, "No jobs yet.")];
     this.list.replaceChildren(...items);
+    this.images.keepOnly(jobs.map((job) => job.snapshots.at(-1)?.url));
     if (jobs.some((job) => !isFinal(job))) this.timer = setTimeout(() => this.refresh(), REFRESH_MS);
   }
 }
