@@ -9,12 +9,14 @@ from contextlib import asynccontextmanager
 from fastapi import FastAPI
 from fastapi.middleware.cors import CORSMiddleware
 
+from api.auth import load_keyring
 from api.event_hub import EventHub
 from api.limits import BodySizeLimit
+from api.metrics import HttpMetricsMiddleware, ServiceMetrics
 from api.openapi import install_openapi
 from api.problems import install_problem_handlers
 from api.reader import JobReader
-from api.routes import events, health, images, jobs, web
+from api.routes import events, health, images, jobs, metrics, web
 from worker.celery_app import make_celery_app
 from worker.settings import Settings, get_settings
 from worker.state import JobStore
@@ -55,9 +57,11 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.store = JobStore.from_url(settings.redis_url, settings.job_ttl_seconds)
     app.state.reader = JobReader.from_url(settings.redis_url)
     app.state.celery = make_celery_app(settings)
+    app.state.keyring = load_keyring(settings)  # None: no NST_API_KEYS_FILE, the service is open
+    app.state.metrics = ServiceMetrics(app.state.store.redis, 3 * settings.worker_heartbeat_seconds)
     install_problem_handlers(app)
     install_openapi(app)
-    for module in (jobs, images, events, health, web):
+    for module in (jobs, images, events, health, metrics, web):
         # The routers' routes join the app's own list: include_router wraps each router and
         # matches a request twice, which costs a poll about a tenth of its time. (So app-level
         # dependencies and dependency_overrides do not reach them; none are used.)
@@ -69,9 +73,11 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             allow_origins=settings.cors_origin_list,
             allow_methods=["GET", "POST"],
             allow_headers=["*"],
-            expose_headers=["Location", "Retry-After", "X-Iteration", "ETag"],
+            expose_headers=["Location", "Retry-After", "X-Iteration", "ETag", "WWW-Authenticate"],
         )
     # Every file at its limit, plus room for the form's other fields and boundaries.
     app.add_middleware(BodySizeLimit, max_bytes=settings.max_upload_bytes * (settings.max_styles + 1) + 1_000_000)
+    # Added last, so outermost: it also counts what the middlewares inside answer themselves (413s).
+    app.add_middleware(HttpMetricsMiddleware, metrics=app.state.metrics.http, routes=app.router.routes)
     logging.getLogger(__name__).info("API using Redis at %s", settings.redis_url)
     return app

@@ -4,9 +4,11 @@
 
 Starts its own redis-server and, on 127.0.0.1, one uvicorn process of the API (`nst api`, as
 `make run` starts it) and one of `bench/bare_app.py` (one async HGETALL of the same job hash, the
-same uvicorn settings). The job is running, with losses, an ETA and three snapshots, as a
-polled job is. Prints requests per second and latencies (wrk where installed, else httpx) for the
-bare route, the full answer, and the answer to a client that sends the ETag it has (304).
+same uvicorn settings), and one of the API without its HTTP metrics middleware
+(`bench/no_metrics_app.py`), to show what counting each request costs. The job is running, with
+losses, an ETA and three snapshots, as a polled job is. Prints requests per second and latencies
+(wrk where installed, else httpx) for the bare route, the full answer without and with metrics,
+and the answer to a client that sends the ETag it has (304).
 """
 
 from __future__ import annotations
@@ -30,6 +32,7 @@ from worker.state import JobStore  # noqa: E402
 
 SAMPLES = ROOT / "examples" / "images"
 BARE = "bare route: one async HGETALL"
+NO_METRICS = "GET /jobs/{id}, no metrics middleware"
 
 
 def running_job(service: Service) -> str:
@@ -62,11 +65,19 @@ def main() -> None:
              "--log-level", "info", "--proxy-headers"],
             cwd=ROOT, env=service.env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
         )  # fmt: skip
+        plain_port = free_port()
+        plain_log = open(Path(tmp) / "no-metrics-api.log", "ab")  # noqa: SIM115 - the child keeps it
+        plain = subprocess.Popen(
+            [sys.executable, "-m", "bench.no_metrics_app", str(plain_port)],
+            cwd=ROOT, env=service.env(), stdout=plain_log, stderr=subprocess.STDOUT,
+        )  # fmt: skip
         try:
             wait_for_http(f"http://127.0.0.1:{port}/bare/{job_id}", bare, timeout=30)
+            wait_for_http(f"http://127.0.0.1:{plain_port}/healthz", plain, timeout=60)
             etag = httpx.get(f"{service.url}/jobs/{job_id}").headers["etag"]
             targets = {
                 BARE: (f"http://127.0.0.1:{port}/bare/{job_id}", None),
+                NO_METRICS: (f"http://127.0.0.1:{plain_port}/jobs/{job_id}", None),
                 "GET /jobs/{id}": (f"{service.url}/jobs/{job_id}", None),
                 "GET /jobs/{id} with If-None-Match (304)": (f"{service.url}/jobs/{job_id}", {"If-None-Match": etag}),
             }
@@ -76,7 +87,7 @@ def main() -> None:
                 for name, (url, headers) in targets.items():
                     rounds[name].append(poll_load(url, args.pollers, args.seconds, headers))
         finally:
-            stop_processes([bare])
+            stop_processes([bare, plain])
     loads = {
         name: sorted(runs, key=lambda load: load.requests_per_second)[len(runs) // 2] for name, runs in rounds.items()
     }

@@ -8,13 +8,14 @@ import threading
 
 from worker.celery_app import QUEUE_NAME, TASK_NAME, get_celery_app
 from worker.runner import WorkerContext
+from worker.webhooks import announce
 
 log = logging.getLogger(__name__)
 
 
 def beat_once(context: WorkerContext) -> None:
     store, settings = context.store, context.settings
-    store.heartbeat(context.name, context.profile().report())
+    store.heartbeat(context.name, context.report())
     with context.lock:
         current = context.current
     if current is not None:
@@ -27,6 +28,7 @@ def beat_once(context: WorkerContext) -> None:
             get_celery_app().send_task(TASK_NAME, args=[job_id], task_id=job_id, queue=QUEUE_NAME)
         else:
             log.warning("job %s: its worker stopped %d times; failed", job_id, settings.max_attempts)
+            announce(store, job_id, "completed", settings=settings)
 
 
 def run_heartbeat(context: WorkerContext, stop: threading.Event) -> None:
