@@ -15,7 +15,8 @@ from api.problems import Problem, file_problem, validation_problem
 from worker.settings import Settings
 
 MAX_TEXT_FIELD_BYTES = 64 * 1024  # `params` is a small JSON object
-FORM_FIELDS = ("content", "style", "params")
+FORM_FIELDS = ("content", "style", "params", "webhook", "webhook_events")
+MAX_TEXT_FIELDS = 8  # params, webhook, and webhook_events given once per event or so
 
 
 class FileTooLarge(MultiPartException):
@@ -29,7 +30,7 @@ class LimitedMultiPartParser(MultiPartParser):
 
     def __init__(self, headers: Headers, request: Request, *, max_file_bytes: int, max_files: int) -> None:
         super().__init__(
-            headers, request.stream(), max_files=max_files, max_fields=len(FORM_FIELDS),
+            headers, request.stream(), max_files=max_files, max_fields=MAX_TEXT_FIELDS,
             max_part_size=MAX_TEXT_FIELD_BYTES,
         )  # fmt: skip
         self.max_file_bytes = max_file_bytes

@@ -8,6 +8,7 @@ from typing import Any
 from fastapi import FastAPI
 from fastapi.openapi.utils import get_openapi
 
+from api.auth import declare_bearer_security
 from api.problems import PROBLEM_MEDIA_TYPE
 from core.params import fill_defaults
 
@@ -75,6 +76,21 @@ SUBMIT_BODY: dict[str, Any] = {
                         "description": "the parameters as a JSON object; unknown names are rejected. Sent as a "
                         "JSON part or as a plain text field holding the JSON (curl's -F 'params={...}').",
                     },
+                    "webhook": {
+                        "type": "string",
+                        "format": "uri",
+                        "maxLength": 2048,
+                        "description": "an http(s) URL that gets the job's events as signed POSTs (Standard "
+                        "Webhooks: webhook-id, webhook-timestamp, webhook-signature). Its host must resolve to public "
+                        "addresses only (no loopback, private or link-local) unless the server allows them.",
+                    },
+                    "webhook_events": {
+                        "type": "array",
+                        "items": {"type": "string", "enum": ["started", "snapshot", "completed"]},
+                        "description": "the events the webhook gets (default: completed): repeat the field, or give "
+                        "a comma-separated list in one field (`started,completed`). `snapshot` is sent at most once "
+                        "every few seconds.",
+                    },
                 },
             },
             "encoding": {
@@ -109,6 +125,7 @@ def install_openapi(app: FastAPI) -> None:
             for name in ("HTTPValidationError", "ValidationError"):
                 schema["components"]["schemas"].pop(name, None)
             fill_defaults(schema["components"]["schemas"]["StyleParams"])
+            declare_bearer_security(app, schema)
             app.openapi_schema = schema
         return app.openapi_schema
 

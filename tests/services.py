@@ -34,6 +34,7 @@ class Service:
     api: subprocess.Popen[bytes] | None = None
     workers: list[subprocess.Popen[bytes]] = field(default_factory=list)
     workers_started: int = 0
+    webhooks: subprocess.Popen[bytes] | None = None  # `nst webhooks`, when serve() is asked for it
 
     @property
     def url(self) -> str:
@@ -56,10 +57,12 @@ class Service:
             | self.extra_env
         )
 
-    def start(self, workers: int = 1) -> Service:
+    def start(self, workers: int = 1, webhooks: bool = False) -> Service:
         self.redis_port = free_port()
         self.api_port = free_port()
         self.redis = start_redis(self.redis_port, self.root / "redis", self.root / "redis.log")
+        if webhooks:
+            self.webhooks = self._spawn("webhooks", "webhooks")
         for _ in range(workers):
             self.start_worker()
         self.start_api()
@@ -95,17 +98,20 @@ class Service:
         return "\n".join(f"--- {p.name}\n{p.read_text(errors='replace')[-tail:]}" for p in self.root.glob("*.log"))
 
     def stop(self) -> None:
-        stop_processes([p for p in (self.api, *self.workers) if p is not None], grace=10)
+        stop_processes([p for p in (self.api, *self.workers, self.webhooks) if p is not None], grace=10)
         if self.redis is not None:
             stop_processes([self.redis])
 
 
 @contextmanager
-def serve(root: Path, extra_env: dict[str, str] | None = None, workers: int = 1) -> Iterator[Service]:
-    """A started Service, stopped on the way out, also when starting it failed half-way."""
+def serve(
+    root: Path, extra_env: dict[str, str] | None = None, workers: int = 1, webhooks: bool = False
+) -> Iterator[Service]:
+    """A started Service (with a webhook worker if asked), stopped on the way out, also when
+    starting it failed half-way."""
     service = Service(root, extra_env or {})
     try:
-        yield service.start(workers=workers)
+        yield service.start(workers=workers, webhooks=webhooks)
     finally:
         service.stop()
 

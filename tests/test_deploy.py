@@ -81,6 +81,7 @@ def test_compose_file_is_valid_and_reserves_a_gpu_per_worker() -> None:
     config = done.stdout
     assert "driver: nvidia" in config and "capabilities:" in config and "gpu" in config
     assert "appendonly" in config and "service_healthy" in config and "Dockerfile.worker" in config
+    assert "webhooks" in config  # the deliverer of webhooks runs beside the API
 
 
 def test_api_image_commands_work_in_a_fresh_venv_without_torch(
@@ -109,6 +110,21 @@ def test_api_image_commands_work_in_a_fresh_venv_without_torch(
             assert httpx.get(f"http://127.0.0.1:{port}{path}").status_code == 200, path
     finally:
         stop_processes([api])
+    # The compose file's webhook deliverer runs from the same image: `nst webhooks`, no torch.
+    log_path = tmp_path / "webhooks.log"
+    with open(log_path, "wb") as log_file:
+        webhooks = subprocess.Popen(
+            [str(bin_dir / "nst"), "webhooks"], cwd=tmp_path, env=env | {"NST_REDIS_URL": redis_url},
+            stdout=log_file, stderr=subprocess.STDOUT,
+        )  # fmt: skip
+    try:
+        deadline = time.monotonic() + 60
+        while " ready." not in log_path.read_text() and time.monotonic() < deadline:
+            assert webhooks.poll() is None, log_path.read_text()
+            time.sleep(0.3)
+        assert " ready." in log_path.read_text(), log_path.read_text()
+    finally:
+        stop_processes([webhooks])
 
 
 def test_worker_image_commands_work_in_a_fresh_venv(tmp_path: Path, project_copy: Path, redis_url: str) -> None:

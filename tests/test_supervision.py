@@ -199,7 +199,7 @@ def test_under_nst_up_a_worker_killed_mid_job_is_replaced_and_its_job_finishes_o
         assert up.poll() is None  # nst up itself kept going
     finally:
         watching.set()
-        up.send_signal(signal.SIGTERM)
+        up.send_signal(signal.SIGINT)  # Ctrl-C: the children have their own process group, nst up stops them
         try:
             up.wait(timeout=60)
         except subprocess.TimeoutExpired:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import logging
 from typing import TextIO
 
@@ -18,6 +19,10 @@ def add_commands(commands: argparse._SubParsersAction) -> None:  # type: ignore[
     worker.add_argument("--device", default=None, help="cpu, cuda, cuda:N (default: $NST_DEVICE or CUDA if available)")
     worker.add_argument("--loglevel", default="INFO")
     worker.set_defaults(handler=run_worker)
+
+    from worker.webhook_worker import add_webhook_command
+
+    add_webhook_command(commands)  # `nst webhooks`
 
     up = commands.add_parser(
         "up",
@@ -40,6 +45,9 @@ def run_worker(args: argparse.Namespace, stderr: TextIO) -> None:
     if args.device:
         os.environ["NST_DEVICE"] = args.device
     logging.getLogger().setLevel(args.loglevel.upper())
+    from core.logs import log_format
+
+    keep_our_logging()
     from worker.celery_app import QUEUE_NAME, get_celery_app
     from worker.heartbeat import start_heartbeat
     from worker.runner import worker_context
@@ -58,6 +66,8 @@ def run_worker(args: argparse.Namespace, stderr: TextIO) -> None:
         # that forks, and the network stays loaded between jobs.
         app.worker_main(
             [
+                # Celery's banner is text on stdout, not a log record: not in a JSON log.
+                *(["--quiet"] if log_format() == "json" else []),
                 "worker",
                 "--pool=solo",
                 "--concurrency=1",
@@ -70,7 +80,38 @@ def run_worker(args: argparse.Namespace, stderr: TextIO) -> None:
         )
     finally:
         stop.set()
-        context.store.remove_worker(context.name)
+        try:
+            context.store.remove_worker(context.name)
+        except Exception as exc:  # Redis away: the entry ages out of the live set by itself
+            log.warning("could not say this worker stopped: %s", exc)
+
+
+def keep_our_logging() -> None:
+    """Celery leaves logging as core/logs.py set it up, and prints nothing outside a record."""
+    from celery.signals import setup_logging
+
+    from core.logs import log_format
+
+    # Any receiver here makes Celery leave logging alone and stop redirecting stdout and stderr
+    # to a logger, which split a traceback into a record per write.
+    setup_logging.connect(lambda **_: None, weak=False)
+    if log_format() == "json":
+        import celery.apps.worker
+
+        # Celery writes "worker: Warm shutdown" straight to the file descriptor: as a record instead.
+        celery.apps.worker.safe_say = say_as_record  # type: ignore[assignment]
+
+
+def say_as_record(message: str, stream: object = None) -> None:
+    """A line Celery would print, as one JSON record written with os.write (it runs in signal
+    handlers, where taking the logging lock of another thread could wait forever)."""
+    import os
+
+    from core.logs import make_formatter
+
+    record = logging.LogRecord("celery.apps.worker", logging.WARNING, __file__, 0, message.strip(), None, None)
+    with contextlib.suppress(OSError):
+        os.write(2, (make_formatter().format(record) + "\n").encode())
 
 
 def run_up(args: argparse.Namespace, stderr: TextIO) -> None:

@@ -85,6 +85,25 @@ def completions_key(job_id: str) -> str:
     return f"{PREFIX}:job:{job_id}:completions"
 
 
+def webhook_sent_key(job_id: str, event: str) -> str:
+    """Set when the job's `event` webhook is queued: once a job for started and completed, at most
+    once a NST_WEBHOOK_SNAPSHOT_INTERVAL_SECONDS for snapshot (the key expires then)."""
+    return f"{PREFIX}:job:{job_id}:webhook:{event}"
+
+
+def owner_jobs_key(owner: str) -> str:
+    """Sorted set: the job ids of one API key (its id) by submission order, for its listing.
+    Like JOBS_KEY it has no expiry of its own: a listing drops the ids whose job has expired."""
+    return f"{PREFIX}:owner:{owner}:jobs"
+
+
+def owner_active_key(owner: str) -> str:
+    """Sorted set: the ids of one API key's jobs that may still be queued or running (scored by
+    when each was admitted), for NST_MAX_ACTIVE_JOBS_PER_KEY; worker/tenancy.py drops the
+    finished and expired ones each time it counts them."""
+    return f"{PREFIX}:owner:{owner}:active"
+
+
 def utc_now() -> str:
     return datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
@@ -116,6 +135,10 @@ class JobRecord(BaseModel):
     checkpointing: bool | None = None
     # Coarse-to-fine: the stage running, {"index": from 1, "count", "height", "width"}.
     scale: dict[str, int] | None = None
+    owner: str | None = None  # the id of the API key that made the job (never the key); None without keys
+    # Webhooks (worker/webhooks.py): the URL checked at submit, and the events it gets.
+    webhook: str | None = None
+    webhook_events: list[str] = Field(default_factory=list)
 
     @property
     def total(self) -> int:

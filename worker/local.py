@@ -139,14 +139,17 @@ def run_everything(host: str, port: int, data_dir: str, stream: TextIO, workers:
         redis_port = free_port(6379)
         redis_dir = (Path(data_dir) / "redis").resolve()
         redis_dir.mkdir(parents=True, exist_ok=True)
-        redis_child = Child("redis-server", redis_command(redis_port, redis_dir), env)
+        redis_child = Child("redis-server", redis_command(redis_port, redis_dir), env, stop_order=2)
         env["NST_REDIS_URL"] = f"redis://127.0.0.1:{redis_port}/0"
     children.append(Child("nst api", nst_command("api", "--host", host, "--port", str(port)), env))
+    # Webhook deliveries: a light worker of their own, so a slow receiver never holds a GPU job.
+    children.append(Child("nst webhooks", nst_command("webhooks"), env, stop_order=1))
     gpus = 0 if env.get("NST_DEVICE", "").startswith("cpu") else visible_gpu_count()
     devices = worker_devices(workers, gpus, env)
     for index, device in enumerate(devices, start=1):
         name = "nst worker" if len(devices) == 1 else f"nst worker {index}"
-        children.append(Child(name, nst_command("worker", *(["--device", device] if device else [])), env))
+        command = nst_command("worker", *(["--device", device] if device else []))
+        children.append(Child(name, command, env, stop_order=1))
     if redis_child is not None:
         children.append(redis_child)  # stopped last: the others flush their state to it first
     supervisor = Supervisor(children)
@@ -160,10 +163,13 @@ def run_everything(host: str, port: int, data_dir: str, stream: TextIO, workers:
         # fails while starting is a set-up problem (a port in use, bad weights): stop and say so.
         wait_for_http(f"{url}/readyz", supervisor.processes, timeout=600)
         samples = Path(__file__).resolve().parent.parent / "examples" / "images"
+        example = CURL_EXAMPLE.format(url=url, samples=samples)
+        if env.get("NST_API_KEYS_FILE"):  # keys on: every /jobs request needs one (nst keys add NAME)
+            example = example.replace("curl -s ", 'curl -s -H "Authorization: Bearer $NST_API_KEY" ')
         stream.write(
             f"\nneural-style-service is up\n  API:   {url}  (docs: {url}/docs)\n  Redis: {env['NST_REDIS_URL']}\n"
             f"  Workers: {len(devices)}\n"
-            f"  Try:\n{CURL_EXAMPLE.format(url=url, samples=samples)}\n  Ctrl-C stops everything.\n\n"
+            f"  Try:\n{example}\n  Ctrl-C stops everything.\n\n"
         )
         stream.flush()
         supervisor.run_until_signalled()

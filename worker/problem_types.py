@@ -56,6 +56,17 @@ PROBLEM_TYPES: dict[str, ProblemType] = {
         "Too many queued jobs",
         "NST_MAX_QUEUED_JOBS jobs are waiting. Retry after the number of seconds in Retry-After.",
     ),
+    "unauthorized": ProblemType(
+        "Unauthorized",
+        "This service needs an API key on every /jobs request (NST_API_KEYS_FILE is set): send it as "
+        "`Authorization: Bearer KEY`. A key comes from the operator (`nst keys add NAME`); the answer's "
+        "WWW-Authenticate header says whether the key was missing or not known.",
+    ),
+    "too-many-active-jobs": ProblemType(
+        "Too many active jobs",
+        "This API key has NST_MAX_ACTIVE_JOBS_PER_KEY jobs queued or running. Retry after the number of "
+        "seconds in Retry-After, or cancel one of them.",
+    ),
     "unavailable": ProblemType(
         "Service unavailable",
         "Redis (the job store and queue) is not answering, e.g. while it restarts. Retry "

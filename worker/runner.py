@@ -26,6 +26,7 @@ import torch
 from core.checkpoint import Checkpoint
 from core.decode import image_size, open_image
 from core.errors import StyleError
+from core.logs import job_context
 from core.memory import DeviceType, MemoryEstimate, Precision, default_budget, plan, too_big_detail
 from core.output import encode_image
 from core.params import StyleParams
@@ -38,6 +39,7 @@ from worker.problem_types import problem_type_uri
 from worker.progress_writer import OrderedWriter
 from worker.settings import Settings, get_settings
 from worker.state import JobStore
+from worker.webhooks import announce
 
 log = logging.getLogger(__name__)
 
@@ -89,12 +91,21 @@ class WorkerContext:
     current: tuple[str, str] | None = None
     lock: threading.Lock = field(default_factory=threading.Lock)
     _profile: DeviceProfile | None = None
+    # The latest rate a job of this process reported (set on the loop's thread, read by the heartbeat's).
+    last_iterations_per_second: float | None = None
 
     def profile(self) -> DeviceProfile:
         with self.lock:
             if self._profile is None:
                 self._profile = measure_profile(self.settings)
             return self._profile
+
+    def report(self) -> dict[str, object]:
+        """What the heartbeat says: the profile and, once a job has run, its latest iterations per second."""
+        report = self.profile().report()
+        if self.last_iterations_per_second is not None:
+            report["iterations_per_second"] = self.last_iterations_per_second
+        return report
 
 
 @lru_cache(maxsize=1)
@@ -266,15 +277,22 @@ class ProgressPublisher:
             if progress.iteration not in self.snapshots:
                 self.snapshots = sorted([*self.snapshots, progress.iteration])
             fields["snapshots"] = self.snapshots
-        best_effort(
+        written = best_effort(
             "progress",
             lambda: self.store.publish(self.job_id, self.run_token, fields, event, snapshot=snapshot, history=history),
         )  # False when this run no longer holds the job: its StopCheck ends it within CHECK_SECONDS
+        if snapshot is not None and written:
+            announce(self.store, self.job_id, "snapshot")  # at most one per NST_WEBHOOK_SNAPSHOT_INTERVAL_SECONDS
 
 
 def run_job(job_id: str, context: WorkerContext | None = None) -> None:
     """Run one job to its end. Safe to call for any message: a job that is not queued (finished,
     canceled, or held by another run) is left alone."""
+    with job_context(job_id):  # every record logged meanwhile carries the job id
+        _run_job(job_id, context)
+
+
+def _run_job(job_id: str, context: WorkerContext | None) -> None:
     context = context or worker_context()
     store, settings = context.store, context.settings
     record = until_redis_answers("reading the job", lambda: store.get(job_id))
@@ -299,6 +317,7 @@ def run_job(job_id: str, context: WorkerContext | None = None) -> None:
     with context.lock:
         context.current = (job_id, token)
     log.info("job %s: started (attempt %d)", job_id, record.attempts + 1)
+    announce(store, job_id, "started", settings=settings)  # once a job: a resumed run sends none
     try:
         _run_claimed(context, record, weights, token)
     finally:
@@ -306,6 +325,7 @@ def run_job(job_id: str, context: WorkerContext | None = None) -> None:
             context.current = None
         if torch.cuda.is_available():
             torch.cuda.empty_cache()
+    announce(store, job_id, "completed", settings=settings)  # if the job is final now (once a job)
 
 
 def _run_claimed(context: WorkerContext, record: JobRecord, weights: WeightsSource, token: str) -> None:
@@ -364,6 +384,13 @@ def _optimise(context: WorkerContext, record: JobRecord, weights: WeightsSource,
         store, record, weights.label, stop.run_token, memory,
         snapshot_max_side=context.settings.snapshot_max_side, stop=stop,
     )  # fmt: skip
+
+    def on_progress(progress: Progress) -> None:
+        rate = finite_or_none(progress.iterations_per_second)
+        if rate is not None:
+            context.last_iterations_per_second = rate
+        publisher(progress)
+
     try:
         result = stylize(
             content,
@@ -371,7 +398,7 @@ def _optimise(context: WorkerContext, record: JobRecord, weights: WeightsSource,
             params,
             device=context.settings.device,
             weights=weights,
-            on_progress=publisher,
+            on_progress=on_progress,
             should_stop=stop,
             report_every=max(1, params.snapshot_every // 5),
             checkpoint_every=context.settings.checkpoint_every,

@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 from functools import lru_cache
+from pathlib import Path
 
-from pydantic import Field
+from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -32,12 +33,50 @@ class Settings(BaseSettings):
     snapshot_max_side: int = Field(
         1024, ge=16, description="snapshots are the content's size scaled down to fit this long side (never up)"
     )
+    api_keys_file: Path | None = Field(
+        None,
+        description="the API keys file (`nst keys add NAME`); when set, every /jobs route needs "
+        "`Authorization: Bearer KEY` and a job is visible only to the key that made it",
+    )
+    max_active_jobs_per_key: int | None = Field(
+        None, ge=1, description="queued plus running jobs per API key; past it, 429 (unset: no limit)"
+    )
     memory_budget_bytes: int | None = Field(
         None,
         ge=1,
         description="memory a worker's job may take (default: 85% of the GPU's free memory, or on the CPU of "
         "the memory available to the process, its cgroup's limit if it has one)",
     )
+    # Webhooks (worker/webhooks.py).
+    webhook_secret: SecretStr | None = Field(
+        None,
+        description="signs webhook deliveries (Standard Webhooks): whsec_ and at least 16 base64 bytes; without it, "
+        "a job that asks for a webhook is refused",
+    )
+    webhook_allow_private: bool = Field(
+        False, description="let webhooks go to loopback, private and link-local addresses (tests, a trusted network)"
+    )
+    webhook_snapshot_interval_seconds: float = Field(5.0, gt=0, description="at most one snapshot webhook this often")
+    webhook_retry_base_seconds: float = Field(
+        4.0, gt=0, description="a failed delivery's first retry waits this long, each next one twice as long"
+    )
+
+    @field_validator("webhook_secret")
+    @classmethod
+    def _webhook_secret_format(cls, value: SecretStr | None) -> SecretStr | None:
+        """A malformed secret stops the process at start, not each delivery."""
+        from worker.webhook_delivery import check_secret
+
+        if value is not None and value.get_secret_value():
+            check_secret(value.get_secret_value())
+            return value
+        return None
+
+    @field_validator("api_keys_file", "max_active_jobs_per_key", mode="before")
+    @classmethod
+    def _empty_is_unset(cls, value: object) -> object:
+        """`NST_API_KEYS_FILE=` (as a compose file or a shell leaves it) means no file, not the path ""."""
+        return None if isinstance(value, str) and not value.strip() else value
 
     @property
     def cors_origin_list(self) -> list[str]:

@@ -10,11 +10,13 @@ what it announces.
 from __future__ import annotations
 
 import json
+import logging
 import time
 from typing import Any
 
 import redis
 
+from worker import telemetry
 from worker.keys import (
     EVENTS_MAXLEN,
     JOBS_KEY,
@@ -35,6 +37,7 @@ from worker.keys import (
     job_key,
     lease_key,
     losses_key,
+    owner_jobs_key,
     result_key,
     snapshot_key,
     style_key,
@@ -52,7 +55,8 @@ end
 
 # KEYS: job hash, event stream. ARGV[1] JSON list of statuses allowed now; ARGV[2] JSON object of
 # fields (each value already JSON); ARGV[3] the run_token the job must hold (JSON), or "" for any;
-# ARGV[4] the status event's data, or "" for none; ARGV[5] stream length; ARGV[6] its TTL.
+# ARGV[4] the status event's data, or "" for none; ARGV[5] stream length; ARGV[6] its TTL;
+# ARGV[7] (optional) a JSON list of Redis commands (counters) to run only if the change applies.
 # Returns {1, old status} when applied, {0, old status} when not, {0, false} for no job.
 _TRANSITION = (
     _EMIT
@@ -67,6 +71,9 @@ for _, allowed in ipairs(cjson.decode(ARGV[1])) do
       redis.call('HSET', KEYS[1], name, value)
     end
     if ARGV[4] ~= '' then emit(KEYS[2], 'status', ARGV[4], ARGV[5], ARGV[6]) end
+    if ARGV[7] and ARGV[7] ~= '' then
+      for _, command in ipairs(cjson.decode(ARGV[7])) do redis.call(unpack(command)) end
+    end
     return {1, status}
   end
 end
@@ -108,7 +115,8 @@ return false
 # A running job whose lease has gone: its worker died. Queue it again at its old place, or fail
 # it after max attempts. KEYS: job hash, lease, running set, queue, event stream. ARGV: job id,
 # max attempts, the failed fields (JSON object of JSON values), the failed and the requeued
-# events' data, stream length, its TTL. Returns 'alive', 'gone', 'requeued', 'failed'.
+# events' data, stream length, its TTL; KEYS[6] the final-status counters (worker/telemetry.py).
+# Returns 'alive', 'gone', 'requeued', 'failed'.
 _REAP = (
     _EMIT
     + """
@@ -123,6 +131,7 @@ local attempts = tonumber(redis.call('HGET', KEYS[1], 'attempts'))
 if attempts >= tonumber(ARGV[2]) then
   for name, value in pairs(cjson.decode(ARGV[3])) do redis.call('HSET', KEYS[1], name, value) end
   emit(KEYS[5], 'status', ARGV[4], ARGV[6], ARGV[7])
+  redis.call('HINCRBY', KEYS[6], 'failed', 1)
   return 'failed'
 end
 redis.call('HSET', KEYS[1], 'status', cjson.encode('queued'), 'run_token', 'null')
@@ -134,8 +143,8 @@ return 'requeued'
 
 # Cancel a job in one step, whatever it is doing: a queued job is canceled and leaves the queue;
 # a running one is asked to stop (once: a repeated cancel adds no event); a finished one is left
-# alone. KEYS: job hash, queue, cancel flag, event stream. ARGV: job id, finished_at (JSON), the
-# canceled and the cancel-requested events' data, stream length, TTL.
+# alone. KEYS: job hash, queue, cancel flag, event stream, final-status counters. ARGV: job id,
+# finished_at (JSON), the canceled and the cancel-requested events' data, stream length, TTL.
 # Returns {outcome, old status}: 'canceled', 'requested', 'unchanged', or {'missing', false}.
 _CANCEL = (
     _EMIT
@@ -147,6 +156,7 @@ if status == 'queued' then
   redis.call('HSET', KEYS[1], 'status', cjson.encode('canceled'), 'finished_at', ARGV[2])
   redis.call('ZREM', KEYS[2], ARGV[1])
   emit(KEYS[4], 'status', ARGV[3], ARGV[5], ARGV[6])
+  redis.call('HINCRBY', KEYS[5], 'canceled', 1)
   return {'canceled', status}
 end
 if status == 'running' then
@@ -165,14 +175,18 @@ return {'unchanged', status}
 # the job was requeued or failed) writes nothing after the job's end. KEYS: job hash, event
 # stream, loss history, snapshot image. ARGV: run token (JSON), fields (JSON object of JSON
 # values), progress event data, history line or '', snapshot image or '', snapshot event data
-# or '', stream length, TTL. Returns 1 when written, 0 when the run no longer holds the job.
+# or '', stream length, TTL; KEYS[5] the snapshots counter. Returns 1 when written, 0 when the
+# run no longer holds the job.
 _PUBLISH = (
     _EMIT
     + """
 if redis.call('HGET', KEYS[1], 'run_token') ~= ARGV[1] or redis.call('HGET', KEYS[1], 'status') ~= '"running"' then
   return 0
 end
-if ARGV[5] ~= '' then redis.call('SET', KEYS[4], ARGV[5], 'EX', tonumber(ARGV[8])) end
+if ARGV[5] ~= '' then
+  redis.call('SET', KEYS[4], ARGV[5], 'EX', tonumber(ARGV[8]))
+  redis.call('INCR', KEYS[5])
+end
 for name, value in pairs(cjson.decode(ARGV[2])) do redis.call('HSET', KEYS[1], name, value) end
 if ARGV[4] ~= '' then
   redis.call('APPEND', KEYS[3], ARGV[4])
@@ -221,6 +235,8 @@ class JobStore:
             pipe.set(style_key(record.id, index), style, ex=self.ttl)
         pipe.zadd(QUEUE_KEY, {record.id: sequence})
         pipe.zadd(JOBS_KEY, {record.id: sequence})
+        if record.owner is not None:  # the API key's own listing (the global one stays whole)
+            pipe.zadd(owner_jobs_key(record.owner), {record.id: sequence})
         self._emit(pipe, record.id, "status", status_event("queued"))
         pipe.execute()
         return record
@@ -228,7 +244,7 @@ class JobStore:
     def queued_count(self) -> int:
         return int(self.redis.zcard(QUEUE_KEY))
 
-    def forget(self, job_id: str, style_count: int) -> None:
+    def forget(self, job_id: str, style_count: int, owner: str | None = None) -> None:
         """Remove a job that could not be queued (the broker refused it)."""
         keys = [job_key(job_id), content_key(job_id), *(style_key(job_id, i) for i in range(style_count))]
         keys.append(events_key(job_id))
@@ -236,6 +252,8 @@ class JobStore:
         pipe.delete(*keys)
         pipe.zrem(QUEUE_KEY, job_id)
         pipe.zrem(JOBS_KEY, job_id)
+        if owner is not None:
+            pipe.zrem(owner_jobs_key(owner), job_id)
         pipe.execute()
 
     # -- reading ---------------------------------------------------------------------------
@@ -255,21 +273,29 @@ class JobStore:
         return values[0], list(values[1:])
 
     def transition(
-        self, job_id: str, allowed: list[str], fields: dict[str, Any], run_token: str | None = None
+        self,
+        job_id: str,
+        allowed: list[str],
+        fields: dict[str, Any],
+        run_token: str | None = None,
+        also: telemetry.Commands | None = None,
     ) -> tuple[bool, str | None]:
         """Apply `fields` only if the job's status is in `allowed` (and, given `run_token`, the
         job is still held by that run); returns (applied, old status). A new status is reported
-        in the job's event stream."""
+        in the job's event stream; `also`'s commands run in the same script, only if it applies."""
         token = json.dumps(run_token) if run_token is not None else ""
         event = status_event(fields["status"]) if "status" in fields else ""
+        extra = json.dumps(also.commands) if also is not None and also.commands else ""
         applied, old = self._transition(
             keys=[job_key(job_id), events_key(job_id)],
-            args=[json.dumps(allowed), json.dumps(encode_fields(fields)), token, event, EVENTS_MAXLEN, self.ttl],
+            args=[json.dumps(allowed), json.dumps(encode_fields(fields)), token, event, EVENTS_MAXLEN, self.ttl, extra],
         )
         return bool(applied), (old.decode() if old else None)
 
     def claim(self, job_id: str, fields: dict[str, Any], run_token: str, lease_seconds: int) -> tuple[bool, str | None]:
         """queued -> running for one run, with its lease, atomically; (claimed, old status)."""
+        first_run = fields.get("attempts") == 1
+        created_at = self.redis.hget(job_key(job_id), "created_at") if first_run else None
         keys = [job_key(job_id), lease_key(job_id), RUNNING_KEY, QUEUE_KEY, events_key(job_id)]
         args = [
             job_id,
@@ -281,7 +307,19 @@ class JobStore:
             self.ttl,
         ]
         applied, old = self._claim(keys=keys, args=args)
+        if applied and first_run:
+            self._record_queue_wait(created_at)
         return bool(applied), (old.decode() if old else None)
+
+    def _record_queue_wait(self, created_at: bytes | None) -> None:
+        """Best effort: a metric that cannot be written must not undo a claim that was made."""
+        waited = telemetry.seconds_since(created_at)
+        if waited is None:
+            return
+        try:
+            telemetry.record_job_started(self.redis, waited)
+        except redis.RedisError as exc:
+            logging.getLogger(__name__).warning("queue wait not recorded: %s", exc)
 
     def renew_lease(self, job_id: str, run_token: str, lease_seconds: int) -> bool:
         keys = [lease_key(job_id), job_key(job_id)]
@@ -307,6 +345,7 @@ class JobStore:
         for raw in self.redis.smembers(RUNNING_KEY):
             job_id = raw.decode()
             keys = [job_key(job_id), lease_key(job_id), RUNNING_KEY, QUEUE_KEY, events_key(job_id)]
+            keys.append(telemetry.JOBS_TOTAL_KEY)
             outcome = self._reap(keys=keys, args=[job_id, max_attempts, json.dumps(failed), *events]).decode()
             if outcome in ("requeued", "failed"):
                 outcomes.append((job_id, outcome))
@@ -348,6 +387,7 @@ class JobStore:
         listed (or announced) can fetch it. Only while `run_token` holds the job; False if not."""
         iteration, image = snapshot if snapshot is not None else (0, b"")
         keys = [job_key(job_id), events_key(job_id), losses_key(job_id), snapshot_key(job_id, iteration)]
+        keys.append(telemetry.SNAPSHOTS_KEY)
         args = [
             json.dumps(run_token),
             json.dumps(encode_fields(fields)),
@@ -376,15 +416,20 @@ class JobStore:
         False if it was no longer running or another run holds it now."""
         if result_png is not None:
             self.redis.set(result_key(job_id), result_png, ex=self.ttl)
+        started_at = self.redis.hget(job_key(job_id), "started_at")  # read first: a retry then changes nothing
         final = {**fields, "status": status, "finished_at": utc_now(), "run_token": None}
-        applied, _ = self.transition(job_id, ["running"], final, run_token)
+        # The counters change in the transition's own script: counted once, even if this run
+        # dies or Redis fails right after.
+        counters = telemetry.Commands()
+        if status == "succeeded":
+            counters.incr(completions_key(job_id))
+            counters.expire(completions_key(job_id), self.ttl)
+        telemetry.record_job_final(counters, status, telemetry.seconds_since(started_at))
+        applied, _ = self.transition(job_id, ["running"], final, run_token, also=counters)
         if applied:
             pipe = self.redis.pipeline(transaction=True)
             pipe.srem(RUNNING_KEY, job_id)
             pipe.delete(lease_key(job_id), checkpoint_key(job_id))
-            if status == "succeeded":
-                pipe.incr(completions_key(job_id))
-                pipe.expire(completions_key(job_id), self.ttl)
             pipe.execute()
             self.refresh_expiry(job_id)
         elif result_png is not None:
@@ -409,7 +454,7 @@ class JobStore:
         """Cancel a queued job, or ask a running one to stop (its run sees the flag within
         CHECK_SECONDS); (outcome, status before): 'canceled', 'requested', 'unchanged' (finished
         already) or 'missing'."""
-        keys = [job_key(job_id), QUEUE_KEY, cancel_key(job_id), events_key(job_id)]
+        keys = [job_key(job_id), QUEUE_KEY, cancel_key(job_id), events_key(job_id), telemetry.JOBS_TOTAL_KEY]
         args = [
             job_id,
             json.dumps(utc_now()),

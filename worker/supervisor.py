@@ -52,6 +52,7 @@ class Child:
     name: str
     command: list[str]
     env: dict[str, str]
+    stop_order: int = 0  # stop_all stops lower numbers first, equal numbers together
     process: subprocess.Popen[bytes] | None = None
     started_at: float = 0.0
     failures: int = 0  # exits in a row, each after less than STABLE_SECONDS
@@ -60,7 +61,9 @@ class Child:
     history: list[str] = field(default_factory=list)
 
     def start(self, now: float) -> None:
-        self.process = subprocess.Popen(self.command, env=self.env, preexec_fn=_die_with_parent)
+        # A process group of its own: the terminal's Ctrl-C reaches `nst up` alone, which then
+        # stops the children in order (API, workers, Redis) instead of all at once.
+        self.process = subprocess.Popen(self.command, env=self.env, preexec_fn=_die_with_parent, process_group=0)
         self.started_at = now
         self.restart_at = None
 
@@ -119,19 +122,25 @@ class Supervisor:
                 signal.signal(sig, handler)
 
     def stop_all(self, grace: float = 15) -> None:
-        """SIGTERM each child in order (the API first, so nothing new arrives), SIGKILL after `grace` s."""
+        """SIGTERM the children by stop_order (the API first, so nothing new arrives; Redis last,
+        so the workers can store their state), those of one order together; SIGKILL whatever is
+        still there `grace` seconds after its SIGTERM."""
         self.stopping = True
-        for child in self.children:
-            process = child.process
-            if process is None or process.poll() is not None:
-                continue
-            process.send_signal(signal.SIGTERM)
-            try:
-                process.wait(timeout=grace)
-            except subprocess.TimeoutExpired:
-                log.warning("%s did not stop within %.0f s; killing it", child.name, grace)
-                process.kill()
-                process.wait()
+        for order in sorted({child.stop_order for child in self.children}):
+            batch = [c for c in self.children if c.stop_order == order and c.process is not None]
+            running = [c for c in batch if c.process.poll() is None]  # type: ignore[union-attr]
+            for child in running:
+                child.process.send_signal(signal.SIGTERM)  # type: ignore[union-attr]
+            deadline = time.monotonic() + grace
+            for child in running:
+                process = child.process
+                assert process is not None
+                try:
+                    process.wait(timeout=max(0.0, deadline - time.monotonic()))
+                except subprocess.TimeoutExpired:
+                    log.warning("%s did not stop within %.0f s; killing it", child.name, grace)
+                    process.kill()
+                    process.wait()
 
 
 def visible_gpu_count() -> int:

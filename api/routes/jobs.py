@@ -15,6 +15,7 @@ from starlette.concurrency import run_in_threadpool
 from starlette.datastructures import UploadFile
 
 from api.admission import admit
+from api.auth import CallerDep, authenticate
 from api.deps import CeleryDep, ReaderDep, SettingsDep, StoreDep
 from api.direct_route import DirectRoute
 from api.multipart import form_files, form_text, read_job_form
@@ -24,10 +25,13 @@ from api.reader import JobReader
 from api.schemas import JobList, JobPublic
 from api.uploads import check_image, parse_params, read_upload
 from api.views import job_url, job_view
+from api.webhook_form import WebhookRequest, check_webhook, read_webhook_fields
 from worker.celery_app import QUEUE_NAME, TASK_NAME
 from worker.keys import JobRecord, is_job_id, new_job_id, utc_now
 from worker.settings import Settings
 from worker.state import JobStore
+from worker.tenancy import ActiveJobs
+from worker.webhooks import announce
 
 log = logging.getLogger(__name__)
 router = APIRouter(prefix="/jobs", tags=["jobs"])
@@ -75,13 +79,16 @@ def view_of(record: JobRecord, store: JobStore) -> dict[str, Any]:
     ),
     openapi_extra={"requestBody": SUBMIT_BODY},
 )
-async def submit_job(request: Request, store: StoreDep, settings: SettingsDep, celery: CeleryDep) -> Response:
+async def submit_job(
+    request: Request, store: StoreDep, settings: SettingsDep, celery: CeleryDep, caller: CallerDep
+) -> Response:
     """Queue a style transfer job; answers 202 with the job and its URL in Location."""
     form = await read_job_form(request, settings)
     try:
         contents = form_files(form, "content")
         styles = form_files(form, "style")
         params = await form_text(form, "params")
+        hook = await read_webhook_fields(form)
         missing = [name for name, given in (("content", contents), ("style", styles)) if not given]
         if missing or len(contents) > 1:
             errors = [{"field": name, "message": "a file is required"} for name in missing]
@@ -93,7 +100,9 @@ async def submit_job(request: Request, store: StoreDep, settings: SettingsDep, c
                 413, "too-many-parts", "Request too large", f"at most {settings.max_styles} style images per job"
             )
         # Decoding and Redis are blocking work: off the event loop.
-        record = await run_in_threadpool(accept_job, store, settings, celery, contents[0], styles, params)
+        record = await run_in_threadpool(
+            accept_job, store, settings, celery, contents[0], styles, params, hook, owner=caller
+        )
         job = await run_in_threadpool(view_of, record, store)
     finally:
         await form.close()
@@ -107,9 +116,13 @@ def accept_job(
     content: UploadFile,
     styles: list[UploadFile],
     params: str | None,
+    hook: WebhookRequest | None = None,
+    owner: str | None = None,
 ) -> JobRecord:
-    """Check everything, store the job and its inputs, then queue it; nothing is kept on error."""
+    """Check everything, store the job and its inputs, then queue it; nothing is kept on error.
+    `owner`: the id of the caller's API key (None without keys), to whom the job belongs."""
     job_params = parse_params(params, len(styles), settings)
+    webhook = check_webhook(hook or WebhookRequest(), settings)
     content_bytes = read_upload(content, "content")
     width, height = check_image(content_bytes, "content", settings)
     style_bytes = []
@@ -124,18 +137,37 @@ def accept_job(
             429, "queue-full", "Too many queued jobs", "the queue is full; try again later",
             headers={"Retry-After": "30"},
         )  # fmt: skip
-    record = JobRecord(id=new_job_id(), created_at=utc_now(), params=job_params.model_dump(), style_count=len(styles))
+    record = JobRecord(
+        id=new_job_id(), created_at=utc_now(), params=job_params.model_dump(), style_count=len(styles),
+        owner=owner, **webhook,
+    )  # fmt: skip
+    limit = settings.max_active_jobs_per_key if owner is not None else None
+    if owner is not None and limit is not None:
+        take_active_place(store, owner, record.id, limit)
     record = store.create(record, content_bytes, style_bytes)
     try:
         celery.send_task(TASK_NAME, args=[record.id], task_id=record.id, queue=QUEUE_NAME)
     except OperationalError as exc:
-        store.forget(record.id, record.style_count)
+        store.forget(record.id, record.style_count, owner)
+        if owner is not None and limit is not None:
+            ActiveJobs(store.redis, store.ttl).release(owner, record.id)
         log.error("could not queue job %s: %s", record.id, exc)
         raise Problem(
             503, "unavailable", "Service unavailable", "the job queue is not answering; try again",
             headers={"Retry-After": "5"},
         ) from exc  # fmt: skip
     return record
+
+
+def take_active_place(store: JobStore, owner: str, job_id: str, limit: int) -> None:
+    """One of the key's NST_MAX_ACTIVE_JOBS_PER_KEY (`limit`) places for the job, or 429."""
+    active = ActiveJobs(store.redis, store.ttl).reserve(owner, job_id, limit)
+    if active is not None:
+        raise Problem(
+            429, "too-many-active-jobs", "Too many active jobs",
+            f"this API key has {active} jobs queued or running, the most it may; try again once one has ended",
+            headers={"Retry-After": "30"}, active_jobs=active, limit=limit,
+        )  # fmt: skip
 
 
 @router.get(
@@ -146,11 +178,12 @@ def accept_job(
 )
 async def list_jobs(
     reader: ReaderDep,
+    caller: CallerDep,
     limit: Annotated[int, Query(ge=1, le=100, description="jobs per page")] = 20,
     cursor: Annotated[str | None, Query(max_length=20, pattern=r"^\d+$", description="next_cursor of a page")] = None,
 ) -> Response:
-    """Jobs, newest first, a page at a time."""
-    jobs, next_cursor = await reader.list_jobs(limit, int(cursor) if cursor else None)
+    """Jobs, newest first, a page at a time (with API keys: the caller's jobs only)."""
+    jobs, next_cursor = await reader.list_jobs(limit, int(cursor) if cursor else None, caller)
     return json_response({"items": jobs, "next_cursor": None if next_cursor is None else str(next_cursor)})
 
 
@@ -165,8 +198,9 @@ def matches(if_none_match: str | None, etag: str) -> bool:
 async def get_job(job_id: str, request: Request) -> Response:
     """The job: status, progress, losses, ETA, queue position, snapshot and result URLs."""
     # The most frequent request of all (every poll): one HGETALL, no dependency to solve.
+    caller = authenticate(request)
     reader: JobReader = request.app.state.reader
-    job = await reader.job(job_id)
+    job = await reader.job(job_id, caller)
     if job is None:
         raise not_found()
     body = orjson.dumps(job)
@@ -200,14 +234,19 @@ router.add_api_route(
     response_model=JobPublic,
     responses=problems(e404="no such job", e409="the job has already succeeded or failed", e503=UNAVAILABLE),
 )
-def cancel_job(job_id: str, store: StoreDep) -> Response:
+def cancel_job(job_id: str, store: StoreDep, celery: CeleryDep, caller: CallerDep) -> Response:
     """Cancel a job: a queued one never starts; a running one stops within a second, and says
     `cancel_requested` until it has."""
+    if caller is not None:  # another key's job is not there for this one: checked before anything changes
+        own = store.get(job_id) if is_job_id(job_id) else None
+        if own is None or own.owner != caller:
+            raise not_found()
     outcome, status = store.cancel(job_id) if is_job_id(job_id) else ("missing", None)
     if outcome == "missing":
         raise not_found()
     if outcome == "canceled":
         store.refresh_expiry(job_id)
+        announce(store, job_id, "completed", celery=celery)
     elif status in ("succeeded", "failed"):
         raise Problem(409, "already-finished", "Job already finished", f"the job has {status}; nothing to cancel")
     record = store.get(job_id)

@@ -1,0 +1,62 @@
+"""`nst webhooks`: the Celery worker that delivers webhooks, apart from the GPU workers.
+
+A GPU worker runs jobs in a solo pool: while it runs one it takes no other task, and a delivery
+waiting behind a job would wait hours. This worker consumes only the webhook queue, with a pool
+of threads (deliveries wait on the network, not the CPU). It imports neither torch nor the job
+runner, so it runs from the API's image as well as the worker's. Run one or more anywhere that
+reaches Redis; with none, deliveries wait in the queue.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import socket
+from typing import TextIO
+
+DEFAULT_CONCURRENCY = 8
+
+
+def add_webhook_command(commands: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    webhooks = commands.add_parser(
+        "webhooks",
+        help="deliver webhooks (a light worker on the nst-webhooks queue: no GPU, no torch)",
+        description="Run a Celery worker with a thread pool that delivers the webhooks jobs asked for.",
+    )
+    webhooks.add_argument("--concurrency", type=int, default=DEFAULT_CONCURRENCY, help="deliveries at once")
+    webhooks.add_argument("--loglevel", default="INFO")
+    webhooks.set_defaults(handler=run_webhook_worker)
+
+
+def run_webhook_worker(args: argparse.Namespace, stderr: TextIO) -> None:
+    if args.concurrency < 1:
+        raise ValueError("--concurrency must be at least 1")
+    logging.getLogger().setLevel(args.loglevel.upper())
+    # httpx logs every request with its whole URL, whose query may hold the receiver's token;
+    # worker.webhooks logs each attempt with the host alone.
+    logging.getLogger("httpx").setLevel(logging.WARNING)
+    from core.logs import log_format
+    from worker.celery_app import make_celery_app
+    from worker.commands import keep_our_logging
+    from worker.settings import get_settings
+    from worker.webhooks import WEBHOOK_QUEUE
+
+    keep_our_logging()
+    app = make_celery_app(get_settings())
+    # Only the delivery task: the job task's module imports torch, which this worker neither
+    # needs nor (in the API's image) has.
+    app.conf.include = ["worker.webhooks"]
+    app.worker_main(
+        [
+            *(["--quiet"] if log_format() == "json" else []),  # the banner is not a record
+            "worker",
+            "--pool=threads",
+            f"--concurrency={args.concurrency}",
+            f"--queues={WEBHOOK_QUEUE}",
+            f"--hostname=nst-webhooks-{os.getpid()}@{socket.gethostname()}",
+            f"--loglevel={args.loglevel}",
+            "--without-gossip",
+            "--without-mingle",
+        ]
+    )
