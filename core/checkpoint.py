@@ -2,7 +2,11 @@
 
 Resuming from a checkpoint computes exactly what the uninterrupted run would have: the image,
 the optimiser's state (Adam's moments and step count, or L-BFGS's history), the best image so
-far and, with `average`, the averaged image are all in it.
+far and, with `average`, the averaged image are all in it. One exception: an L-BFGS history over
+MAX_LBFGS_HISTORY_BYTES (2 x lbfgs_history image-sized vectors: 470 MB at 384x512 with the
+default 100) is left out, since a Redis value holds at most 512 MB and copying it out every few
+hundred iterations would cost more than it saves; a run resumed from such a checkpoint starts
+its L-BFGS history afresh (its loss scale is kept), and its result differs slightly.
 """
 
 from __future__ import annotations
@@ -14,6 +18,29 @@ from typing import Any
 import torch
 
 from core.averaging import ImageAverage
+from core.optimizers import LOSS_SCALE
+
+MAX_LBFGS_HISTORY_BYTES = 128 * 1024 * 1024
+
+
+def tensor_bytes(value: Any) -> int:
+    """Bytes of every tensor in a (nested) state."""
+    if isinstance(value, torch.Tensor):
+        return value.numel() * value.element_size()
+    if isinstance(value, dict):
+        return sum(tensor_bytes(v) for v in value.values())
+    if isinstance(value, list | tuple):
+        return sum(tensor_bytes(v) for v in value)
+    return 0
+
+
+def optimizer_state_for_checkpoint(optimizer: torch.optim.Optimizer) -> dict[str, Any]:
+    """The optimiser's state_dict, without an L-BFGS history too big to keep (module docstring)."""
+    state = optimizer.state_dict()
+    if not isinstance(optimizer, torch.optim.LBFGS) or tensor_bytes(state["state"]) <= MAX_LBFGS_HISTORY_BYTES:
+        return state
+    kept = {index: {k: v for k, v in entry.items() if k == LOSS_SCALE} for index, entry in state["state"].items()}
+    return {**state, "state": kept}
 
 
 def _to_cpu(value: Any) -> Any:
@@ -53,7 +80,7 @@ class Checkpoint:
         return cls(
             iteration=iteration,
             image=_to_cpu(image),
-            optimizer_state=_to_cpu(optimizer.state_dict()),
+            optimizer_state=_to_cpu(optimizer_state_for_checkpoint(optimizer)),
             best_image=_to_cpu(best_image),
             best_losses=_to_cpu(best_losses),
             best_iteration=int(best_iteration.item()),

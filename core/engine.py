@@ -90,7 +90,9 @@ def loss_function(extractor: VGGFeatures, params: StyleParams, options: EngineOp
             return eager
         if key not in _compiled:
             dynamo_config = torch._dynamo.config
-            dynamo_config.recompile_limit = max(dynamo_config.recompile_limit, RECOMPILE_LIMIT)
+            # recompile_limit since torch 2.6 or so; cache_size_limit before (torch>=2.4 is allowed).
+            name = "recompile_limit" if hasattr(dynamo_config, "recompile_limit") else "cache_size_limit"
+            setattr(dynamo_config, name, max(getattr(dynamo_config, name), RECOMPILE_LIMIT))
             mode = "reduce-overhead" if extractor.input_offset.device.type == "cuda" else "default"
             _compiled[key] = torch.compile(eager, mode=mode, dynamic=False)
         compiled = _compiled[key]

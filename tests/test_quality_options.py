@@ -274,6 +274,30 @@ def test_lbfgs_resumes_from_a_checkpoint_to_the_uninterrupted_result(
     assert resumed.image.tobytes() == straight.image.tobytes()
 
 
+def test_an_lbfgs_history_too_big_to_keep_is_left_out_and_the_run_resumes_afresh(
+    content_image: Image.Image, style_image: Image.Image, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import core.checkpoint
+
+    params = StyleParams(iterations=16, seed=9, optimizer="lbfgs", lbfgs_history=5, **SMALL)
+    straight = stylize(content_image, [style_image], params)
+    # 32x32: a vector is 12 kB; the 5-pair history (and L-BFGS's other vectors) is over 100 kB.
+    monkeypatch.setattr(core.checkpoint, "MAX_LBFGS_HISTORY_BYTES", 100_000)
+    saved: list[Checkpoint] = []
+    stylize(
+        content_image, [style_image], params, checkpoint_every=8, on_checkpoint=saved.append,
+        should_stop=lambda: len(saved) == 1,
+    )  # fmt: skip
+    state = saved[0].optimizer_state["state"][0]
+    assert list(state) == ["nst_loss_scale"], list(state)  # the history is out, the loss scale kept
+    assert len(saved[0].to_bytes()) < 100_000
+    resumed = stylize(content_image, [style_image], params, resume=Checkpoint.from_bytes(saved[0].to_bytes()))
+    assert resumed.iterations_run == 16 and not resumed.stopped
+    # A fresh history from iteration 9 on: a different path, still going down.
+    assert resumed.image.tobytes() != straight.image.tobytes()
+    assert resumed.losses.total < saved[0].best_losses[0].item()
+
+
 # --- the averaged image ----------------------------------------------------------------------
 
 
