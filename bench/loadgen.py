@@ -78,3 +78,26 @@ async def _httpx_load(url: str, pollers: int, seconds: float, headers: dict[str,
         statistics.quantiles(latencies, n=100)[98] * 1e3,
         errors,
     )
+
+
+def print_rounds(rounds: dict[str, list[PollLoad]], pollers: int, seconds: float, versus: str) -> None:
+    """Each route's median round, against the first route's, then the figures as JSON."""
+    import json
+
+    loads = {
+        name: sorted(runs, key=lambda load: load.requests_per_second)[len(runs) // 2] for name, runs in rounds.items()
+    }
+    first = next(iter(loads.values()))
+    count = len(first_runs) if (first_runs := next(iter(rounds.values()))) else 0
+    print(
+        f"{pollers} concurrent pollers, {count} rounds of {seconds:.0f} s per route (the median "
+        f"round shown), one uvicorn process each, {first.tool}"
+    )
+    print(f"{'route':42} {'req/s':>8} {versus:>8} {'p50 ms':>8} {'p99 ms':>8} {'errors':>7}  rounds req/s")
+    for name, load in loads.items():
+        each = " ".join(f"{run.requests_per_second:.0f}" for run in rounds[name])
+        print(
+            f"{name:42} {load.requests_per_second:8.0f} {load.requests_per_second / first.requests_per_second:7.2f}x "
+            f"{load.p50_ms:8.1f} {load.p99_ms:8.1f} {load.errors:7d}  {each}"
+        )
+    print(json.dumps({name: round(load.requests_per_second) for name, load in loads.items()}))

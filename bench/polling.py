@@ -14,7 +14,6 @@ and the answer to a client that sends the ETag it has (304).
 from __future__ import annotations
 
 import argparse
-import json
 import subprocess
 import sys
 import tempfile
@@ -25,7 +24,7 @@ import httpx
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from bench.loadgen import PollLoad, poll_load  # noqa: E402
+from bench.loadgen import PollLoad, poll_load, print_rounds  # noqa: E402
 from tests.services import Service, serve, submit  # noqa: E402
 from worker.local import free_port, stop_processes, wait_for_http  # noqa: E402
 from worker.state import JobStore  # noqa: E402
@@ -88,23 +87,7 @@ def main() -> None:
                     rounds[name].append(poll_load(url, args.pollers, args.seconds, headers))
         finally:
             stop_processes([bare, plain])
-    loads = {
-        name: sorted(runs, key=lambda load: load.requests_per_second)[len(runs) // 2] for name, runs in rounds.items()
-    }
-    reference = loads[BARE].requests_per_second
-    tool = loads[BARE].tool
-    print(
-        f"{args.pollers} concurrent pollers, {args.rounds} rounds of {args.seconds:.0f} s per route (the median "
-        f"round shown), one uvicorn process each, {tool}"
-    )
-    print(f"{'route':42} {'req/s':>8} {'vs bare':>8} {'p50 ms':>8} {'p99 ms':>8} {'errors':>7}  rounds req/s")
-    for name, load in loads.items():
-        each = " ".join(f"{run.requests_per_second:.0f}" for run in rounds[name])
-        print(
-            f"{name:42} {load.requests_per_second:8.0f} {load.requests_per_second / reference:7.2f}x "
-            f"{load.p50_ms:8.1f} {load.p99_ms:8.1f} {load.errors:7d}  {each}"
-        )
-    print(json.dumps({name: round(load.requests_per_second) for name, load in loads.items()}))
+    print_rounds(rounds, args.pollers, args.seconds, "vs bare")
 
 
 if __name__ == "__main__":

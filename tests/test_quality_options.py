@@ -17,7 +17,7 @@ from core.color_match import match_color, match_seed_space
 from core.images import from_seed_space, to_seed_space
 from core.memory import count_bytes
 from core.objective import compute_targets
-from core.transfer import initial_image
+from core.transfer import StyleResult, initial_image
 from core.vgg import vgg_extractor
 from core.w2 import W2_EPS, feature_moments, sqrtm_newton_schulz, w2_loss, w2_target
 from core.weights import WeightsSource
@@ -342,12 +342,11 @@ def test_the_average_is_the_bias_corrected_ema_of_the_iterates(
     assert not same_picture(snapshots[1].image(), from_seed_space(xs[3], original))
 
 
-@pytest.mark.parametrize("optimizer", ["adam", "lbfgs"])
-@pytest.mark.parametrize("crash_after", [3, 6])  # inside the first scale, and at its end
-def test_averaged_coarse_to_fine_runs_resume_to_the_uninterrupted_result(
-    content_image: Image.Image, style_image: Image.Image, optimizer: str, crash_after: int
-) -> None:
-    params = StyleParams(seed=4, average=0.9, optimizer=optimizer, lbfgs_history=4, **TWO)
+def uninterrupted_and_resumed(
+    content_image: Image.Image, style_image: Image.Image, params: StyleParams, crash_after: int
+) -> tuple[StyleResult, StyleResult]:
+    """The run straight through, and the run stopped after checkpointing `crash_after` (every 3
+    iterations) then resumed from that checkpoint's bytes."""
     whole = stylize(content_image, [style_image], params)
     saved: list[Checkpoint] = []
     stylize(
@@ -355,6 +354,16 @@ def test_averaged_coarse_to_fine_runs_resume_to_the_uninterrupted_result(
         should_stop=lambda: bool(saved) and saved[-1].iteration == crash_after,
     )  # fmt: skip
     resumed = stylize(content_image, [style_image], params, resume=Checkpoint.from_bytes(saved[-1].to_bytes()))
+    return whole, resumed
+
+
+@pytest.mark.parametrize("optimizer", ["adam", "lbfgs"])
+@pytest.mark.parametrize("crash_after", [3, 6])  # inside the first scale, and at its end
+def test_averaged_coarse_to_fine_runs_resume_to_the_uninterrupted_result(
+    content_image: Image.Image, style_image: Image.Image, optimizer: str, crash_after: int
+) -> None:
+    params = StyleParams(seed=4, average=0.9, optimizer=optimizer, lbfgs_history=4, **TWO)
+    whole, resumed = uninterrupted_and_resumed(content_image, style_image, params, crash_after)
     assert resumed.iterations_run == 12 and resumed.stage_sizes == [(32, 32), (48, 48)]
     assert resumed.image.tobytes() == whole.image.tobytes()
     assert resumed.losses == whole.losses
@@ -389,13 +398,7 @@ def test_every_option_together_across_scales_resumes_to_the_uninterrupted_result
     content_image: Image.Image, style_image: Image.Image, crash_after: int
 ) -> None:
     params = StyleParams(seed=6, lbfgs_history=4, **ALL_ON, **SHALLOW, **TWO)
-    whole = stylize(content_image, [style_image], params)
-    saved: list[Checkpoint] = []
-    stylize(
-        content_image, [style_image], params, checkpoint_every=3, on_checkpoint=saved.append,
-        should_stop=lambda: bool(saved) and saved[-1].iteration == crash_after,
-    )  # fmt: skip
-    resumed = stylize(content_image, [style_image], params, resume=Checkpoint.from_bytes(saved[-1].to_bytes()))
+    whole, resumed = uninterrupted_and_resumed(content_image, style_image, params, crash_after)
     assert resumed.image.tobytes() == whole.image.tobytes() and resumed.losses == whole.losses
 
 
