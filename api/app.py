@@ -10,6 +10,7 @@ from fastapi import FastAPI
 from fastapi.middleware.cors import CORSMiddleware
 
 from api.auth import load_keyring
+from api.decode_budget import PixelBudget
 from api.event_hub import EventHub
 from api.limits import BodySizeLimit
 from api.metrics import HttpMetricsMiddleware, ServiceMetrics
@@ -17,6 +18,8 @@ from api.openapi import install_openapi
 from api.problems import install_problem_handlers
 from api.reader import JobReader
 from api.routes import events, health, images, jobs, metrics, web
+from api.routes.jobs import tenant_limits
+from api.security import RequestGuard
 from worker.celery_app import make_celery_app
 from worker.settings import Settings, get_settings
 from worker.state import JobStore
@@ -57,6 +60,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.store = JobStore.from_url(settings.redis_url, settings.job_ttl_seconds)
     app.state.reader = JobReader.from_url(settings.redis_url)
     app.state.celery = make_celery_app(settings)
+    app.state.tenant_limits = tenant_limits(app.state.store, settings)
+    app.state.decode_budget = PixelBudget(settings.decode_pixel_budget, settings.decode_wait_seconds)
     app.state.keyring = load_keyring(settings)  # None: no NST_API_KEYS_FILE, the service is open
     app.state.metrics = ServiceMetrics(app.state.store.redis, 3 * settings.worker_heartbeat_seconds)
     install_problem_handlers(app)
@@ -77,6 +82,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         )
     # Every file at its limit, plus room for the form's other fields and boundaries.
     app.add_middleware(BodySizeLimit, max_bytes=settings.max_upload_bytes * (settings.max_styles + 1) + 1_000_000)
+    # Host, Origin and the security headers: outside the body limit, so a refused request is not read.
+    app.add_middleware(RequestGuard, allowed_hosts=settings.allowed_host_list, cors_origins=settings.cors_origin_list)
     # Added last, so outermost: it also counts what the middlewares inside answer themselves (413s).
     app.add_middleware(HttpMetricsMiddleware, metrics=app.state.metrics.http, routes=app.router.routes)
     logging.getLogger(__name__).info("API using Redis at %s", settings.redis_url)

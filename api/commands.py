@@ -35,6 +35,7 @@ def add_commands(commands: argparse._SubParsersAction) -> None:  # type: ignore[
 def run_api(args: argparse.Namespace, stderr: TextIO) -> None:
     import uvicorn
 
+    from api.server_protocol import PROTOCOL_PATH
     from core.logs import uvicorn_log_config
 
     uvicorn.run(
@@ -44,6 +45,7 @@ def run_api(args: argparse.Namespace, stderr: TextIO) -> None:
         port=args.port,
         workers=args.workers,
         proxy_headers=True,
+        http=PROTOCOL_PATH,  # httptools with a cap on header size and time
         log_level="info",
         log_config=uvicorn_log_config("info"),  # the same one-line records (and JSON) as the workers
         # Event streams never end by themselves: on SIGTERM wait this long, then close them.

@@ -21,7 +21,9 @@ MAX_TEXT_FIELDS = 8  # params, webhook, and webhook_events given once per event 
 
 class FileTooLarge(MultiPartException):
     def __init__(self, field: str, limit: int) -> None:
-        super().__init__(f"the file is larger than {limit} bytes")
+        # Starlette's exception keeps its text in `message` (its args are what __init__ was given).
+        kind = "JSON part" if field == "params" else "file"
+        super().__init__(f"the {kind} is larger than {limit} bytes")
         self.field = field
 
 
@@ -64,10 +66,10 @@ async def read_job_form(request: Request, settings: Settings) -> FormData:
     try:
         form = await parser.parse()
     except FileTooLarge as exc:
-        raise file_problem(413, "too-large", "Upload too large", exc.field, str(exc)) from exc
+        raise file_problem(413, "too-large", "Upload too large", exc.field, exc.message) from exc
     except MultiPartException as exc:
-        message = str(exc)
-        if message.startswith(("Too many", "Part exceeded")):
+        message = exc.message
+        if message.startswith(("Too many", "Part exceeded", "Field exceeded")):
             raise Problem(413, "too-many-parts", "Request too large", message) from exc
         raise validation_problem([{"field": "request", "message": f"malformed multipart body: {message}"}]) from exc
     unknown = sorted({name for name, _ in form.multi_items()} - set(FORM_FIELDS))

@@ -3,14 +3,23 @@ images, declared headers, and the multipart body of `POST /jobs` with `params` a
 
 from __future__ import annotations
 
+import copy
 from typing import Any
 
 from fastapi import FastAPI
 from fastapi.openapi.utils import get_openapi
+from pydantic import BaseModel
 
 from api.auth import declare_bearer_security
 from api.problems import PROBLEM_MEDIA_TYPE
+from api.schemas import ProgressEvent, SnapshotEvent, StatusEvent
 from core.params import fill_defaults
+from worker.settings import Settings
+
+# OpenAPI 3.2 describes an event stream item by item (`itemSchema`); generators that stop at 3.1
+# (openapi-python-client) read the same document at OPENAPI_31_URL, where the stream is a string.
+OPENAPI_VERSION = "3.2.0"
+OPENAPI_31_URL = "/openapi-3.1.json"
 
 PROBLEM_REF = {"$ref": "#/components/schemas/Problem"}
 RETRY_AFTER = {"Retry-After": {"description": "seconds to wait before trying again", "schema": {"type": "integer"}}}
@@ -87,6 +96,8 @@ SUBMIT_BODY: dict[str, Any] = {
                     "webhook_events": {
                         "type": "array",
                         "items": {"type": "string", "enum": ["started", "snapshot", "completed"]},
+                        "maxItems": 3,
+                        "uniqueItems": True,
                         "description": "the events the webhook gets (default: completed): repeat the field, or give "
                         "a comma-separated list in one field (`started,completed`). `snapshot` is sent at most once "
                         "every few seconds.",
@@ -101,6 +112,105 @@ SUBMIT_BODY: dict[str, Any] = {
         }
     },
 }
+
+
+# The operations that take a job's id, each reachable by an OpenAPI link from an answer naming a job.
+JOB_OPERATIONS = ("get_job", "cancel_job", "job_events", "get_loss_history", "get_result")
+
+
+def job_links(job_id: str) -> dict[str, Any]:
+    """OpenAPI links from an answer that names a job (`job_id`, a runtime expression such as
+    `$response.body#/id`) to that job's operations, so that generated clients and testers can
+    follow a job from its submission."""
+    links: dict[str, Any] = {
+        name: {"operationId": name, "parameters": {"job_id": job_id}, "description": f"{name} for this job"}
+        for name in JOB_OPERATIONS
+    }
+    links["get_latest_snapshot"] = {
+        "operationId": "get_snapshot",
+        "parameters": {"job_id": job_id, "iteration": "latest"},
+        "description": "the job's latest snapshot",
+    }
+    return links
+
+
+EVENT_STREAM = "text/event-stream"
+COMPONENT = "#/components/schemas/{model}"
+# Each event's name and the schema of its `data` (JSON text).
+EVENT_DATA: dict[str, str | type[BaseModel]] = {
+    "job": "JobPublic",
+    "status": StatusEvent,
+    "progress": ProgressEvent,
+    "snapshot": SnapshotEvent,
+    "end": "JobPublic",
+}
+
+
+def event_stream_content(description: str) -> dict[str, Any]:
+    """A `text/event-stream` answer as OpenAPI 3.2 writes one: `itemSchema` is one event (event,
+    id, data and retry, as an SSE parser reads them), its `data` the JSON of that event's payload."""
+    variants = []
+    for name, model in EVENT_DATA.items():
+        ref = model if isinstance(model, str) else model.__name__
+        payload = {"$ref": COMPONENT.format(model=ref)}
+        data = {"type": "string", "contentMediaType": "application/json", "contentSchema": payload}
+        variants.append({"properties": {"event": {"const": name}, "data": data}})
+    item = {
+        "type": "object",
+        "description": description,
+        "required": ["event", "data", "id"],
+        "properties": {
+            "event": {"type": "string", "enum": list(EVENT_DATA)},
+            "data": {"type": "string"},
+            "id": {"type": "string", "pattern": r"^\d+-\d+$", "description": "send it back as Last-Event-ID"},
+            "retry": {"type": "integer", "description": "milliseconds EventSource waits before it reconnects"},
+        },
+        "oneOf": variants,
+    }
+    return {EVENT_STREAM: {"itemSchema": item}}
+
+
+def add_event_schemas(schema: dict[str, Any]) -> None:
+    """The events' payload models, which no route returns as such, into the components."""
+    components = schema["components"]["schemas"]
+    for model in EVENT_DATA.values():
+        if isinstance(model, str):
+            continue
+        found = model.model_json_schema(ref_template=COMPONENT)
+        components.update(found.pop("$defs", {}))
+        components[model.__name__] = found
+
+
+def as_openapi_31(schema: dict[str, Any]) -> dict[str, Any]:
+    """The document in OpenAPI 3.1, for generators that do not read 3.2 yet: the same but for the
+    event stream, which 3.1 can only call a string."""
+    older = copy.deepcopy(schema)
+    older["openapi"] = "3.1.0"
+    for operations in older["paths"].values():
+        for operation in operations.values():
+            for response in operation["responses"].values():
+                stream = response.get("content", {}).get(EVENT_STREAM)
+                if stream is not None and "itemSchema" in stream:
+                    response["content"][EVENT_STREAM] = {"schema": {"type": "string"}}
+    return older
+
+
+def apply_service_limits(schema: dict[str, Any], settings: Settings) -> None:
+    """The document says this service's limits where they are tighter than the parameters' own
+    (NST_MAX_ITERATIONS, NST_MAX_SIDE, NST_MAX_STYLES), as GET /parameters does: a generated
+    client or a fuzzer then sends what the service can take."""
+    components = schema["components"]["schemas"]
+    for name, field, limit in (
+        ("StyleParams", "iterations", settings.max_iterations),
+        ("StyleParams", "height", settings.max_side),
+        ("StyleParams", "width", settings.max_side),
+        ("Scale", "size", settings.max_side),
+        ("Scale", "iterations", settings.max_iterations),
+    ):
+        bounds = components[name]["properties"][field]
+        bounds["maximum"] = min(bounds.get("maximum", limit), limit)
+    form = schema["paths"]["/jobs"]["post"]["requestBody"]["content"]["multipart/form-data"]["schema"]
+    form["properties"]["style"]["maxItems"] = settings.max_styles
 
 
 def install_openapi(app: FastAPI) -> None:
@@ -125,7 +235,10 @@ def install_openapi(app: FastAPI) -> None:
             for name in ("HTTPValidationError", "ValidationError"):
                 schema["components"]["schemas"].pop(name, None)
             fill_defaults(schema["components"]["schemas"]["StyleParams"])
+            apply_service_limits(schema, app.state.settings)
+            add_event_schemas(schema)
             declare_bearer_security(app, schema)
+            schema["openapi"] = OPENAPI_VERSION
             app.openapi_schema = schema
         return app.openapi_schema
 

@@ -2,17 +2,24 @@
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 import redis
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, Response
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.requests import ClientDisconnect
 
 from worker.problem_types import problem_type_uri
 
 PROBLEM_MEDIA_TYPE = "application/problem+json"
+# A request whose client went away before it was read whole (nginx's code for it): no one reads
+# the answer; the metrics count it as this, neither a client error nor a server error.
+CLIENT_CLOSED_REQUEST = 499
+
+log = logging.getLogger(__name__)
 
 
 class Problem(Exception):
@@ -101,6 +108,11 @@ def install_problem_handlers(app: FastAPI) -> None:
         title = {404: "Not found", 405: "Method not allowed"}.get(exc.status_code, "HTTP error")
         problem = Problem(exc.status_code, kind, title, str(exc.detail), headers=dict(exc.headers or {}))
         return problem_response(problem, request.url.path)
+
+    @app.exception_handler(ClientDisconnect)
+    async def on_client_gone(request: Request, exc: ClientDisconnect) -> Response:
+        log.info("%s %s: the client disconnected before its request was read", request.method, request.url.path)
+        return Response(status_code=CLIENT_CLOSED_REQUEST)
 
     @app.exception_handler(Exception)
     async def on_bug(request: Request, exc: Exception) -> JSONResponse:

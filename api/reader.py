@@ -18,14 +18,17 @@ import redis
 import redis.asyncio as aioredis
 
 from api.views import job_view
+from worker.fair_queue import POSITION
 from worker.keys import (
     JOBS_KEY,
-    QUEUE_KEY,
+    RUNNING_KEY,
+    SERVED_KEY,
     WORKERS_KEY,
     events_key,
     is_job_id,
     job_key,
     losses_key,
+    lua_layout,
     owner_jobs_key,
     parse_history,
     result_key,
@@ -86,6 +89,14 @@ class JobReader:
     def __init__(self, client: aioredis.Redis, max_connections: int = 64) -> None:
         self.redis = client
         self.permits = asyncio.Semaphore(max_connections)
+        # A queued job's place, in fair order between tenants (worker/fair_queue.py).
+        self._ahead = client.register_script(POSITION)
+        self._layout = lua_layout()
+
+    def _queue_ahead(self, job_id: str | bytes, pipe: Any = None) -> Awaitable[Any]:
+        """How many jobs start before this one (None: it is not queued); in `pipe`, awaiting it
+        only adds it there."""
+        return self._ahead(keys=[RUNNING_KEY, SERVED_KEY], args=[job_id, self._layout], client=pipe)
 
     @classmethod
     def from_url(cls, url: str, max_connections: int = 64) -> JobReader:
@@ -112,7 +123,7 @@ class JobReader:
         record = await self._record(job_id, owner)
         if record is None:
             return None
-        rank = await self.redis.zrank(QUEUE_KEY, job_id) if record["status"] == "queued" else None
+        rank = await self._queue_ahead(job_id) if record["status"] == "queued" else None
         return job_view(record, rank)
 
     @bounded
@@ -129,7 +140,7 @@ class JobReader:
             return None, None, None
         async with self.redis.pipeline(transaction=True) as pipe:
             pipe.hgetall(job_key(job_id))
-            pipe.zrank(QUEUE_KEY, job_id)
+            await self._queue_ahead(job_id, pipe)  # the script's call only queues it in the pipeline
             pipe.xrange(events_key(job_id), count=1)
             pipe.xrevrange(events_key(job_id), count=1)
             fields, rank, first, last = await pipe.execute()
@@ -175,7 +186,7 @@ class JobReader:
             async with self.redis.pipeline(transaction=False) as pipe:
                 for raw_id, _ in rows:
                     pipe.hgetall(job_key(raw_id.decode()))
-                    pipe.zrank(QUEUE_KEY, raw_id)
+                    await self._queue_ahead(raw_id, pipe)
                 answers = await pipe.execute()
             for (raw_id, _), fields, rank in zip(rows, answers[::2], answers[1::2], strict=True):
                 if not fields:  # expired: drop it from the listing for good

@@ -84,6 +84,36 @@ class JobPublic(BaseModel):
     memory_bytes: int | None = Field(description="the run's estimated peak memory; null until it runs")
 
 
+class StatusEvent(BaseModel):
+    """The `data` of a `status` event: a change to queued or running, or a cancel asked of a
+    running job. A final status comes as the `end` event (the whole job) instead."""
+
+    status: Literal["queued", "running"]
+    attempt: int | None = Field(None, description="the run's number (from 1), when it starts running")
+    cancel_requested: bool | None = Field(None, description="true when a cancel of the running job was asked")
+
+
+class ProgressEvent(BaseModel):
+    """The `data` of a `progress` event."""
+
+    iteration: int = Field(description="iterations done, counting from 1, across all stages")
+    total: int
+    fraction: float
+    losses: JobLosses
+    eta_seconds: float | None
+    iterations_per_second: float | None
+    scale: JobScale = Field(description="the stage running")
+    checkpointing: bool | None = Field(description="whether the run recomputes activations")
+    memory_bytes: int | None = Field(description="the run's estimated peak memory")
+
+
+class SnapshotEvent(BaseModel):
+    """The `data` of a `snapshot` event: the snapshot can be fetched from `url` now."""
+
+    iteration: int
+    url: str
+
+
 class JobList(BaseModel):
     items: list[JobPublic]
     next_cursor: str | None = Field(description="pass as ?cursor= for the next page; null on the last")

@@ -6,12 +6,13 @@ import io
 import json
 from typing import Any
 
-from PIL import Image, UnidentifiedImageError
+from PIL import Image
 from pydantic import ValidationError
 from starlette.datastructures import UploadFile
 
+from api.decode_budget import PixelBudget
 from api.problems import file_problem, pydantic_errors, validation_problem
-from core.decode import open_image
+from core.decode import DECODE_ERRORS, check_decodes, decoded_pixels
 from core.errors import InvalidImageError
 from core.params import StyleParams
 from worker.settings import Settings
@@ -25,26 +26,28 @@ def read_upload(upload: UploadFile, field: str) -> bytes:
     return data
 
 
-def check_image(data: bytes, field: str, settings: Settings) -> tuple[int, int]:
+def check_image(data: bytes, field: str, settings: Settings, budget: PixelBudget) -> tuple[int, int]:
     """Decode the image as the worker will; its size is checked from the header first, so a
-    decompression bomb is refused before any pixel is decoded. Returns (width, height) upright
-    (EXIF orientation applied), the size the job's working size and memory are planned from."""
+    decompression bomb is refused before any pixel is decoded, and the decode waits for its
+    pixels in the process's budget. Returns (width, height) upright (EXIF orientation applied),
+    the size the job's working size and memory are planned from."""
     try:
         with Image.open(io.BytesIO(data)) as header:
             width, height = header.size
+            image_format = header.format
     except Image.DecompressionBombError as exc:  # past Pillow's own limit, far above ours
         message = f"more pixels than the {settings.max_input_pixels} allowed"
         raise file_problem(413, "too-many-pixels", "Image too large", field, message) from exc
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
+    except DECODE_ERRORS as exc:
         raise file_problem(415, "not-an-image", "Not an image", field, "not an image this service can read") from exc
     if width * height > settings.max_input_pixels:
         message = f"{width}x{height} pixels is more than the {settings.max_input_pixels} allowed"
         raise file_problem(413, "too-many-pixels", "Image too large", field, message)
-    try:
-        upright = open_image(data)
-    except InvalidImageError as exc:
-        raise file_problem(415, "not-an-image", "Not an image", field, "the image cannot be decoded") from exc
-    return upright.width, upright.height  # after EXIF rotation, as the worker sees it
+    with budget.hold(decoded_pixels(width, height, image_format)):
+        try:
+            return check_decodes(data)  # after EXIF rotation, as the worker sees it
+        except InvalidImageError as exc:
+            raise file_problem(415, "not-an-image", "Not an image", field, "the image cannot be decoded") from exc
 
 
 def parse_params(raw: str | None, style_count: int, settings: Settings) -> StyleParams:
@@ -55,6 +58,8 @@ def parse_params(raw: str | None, style_count: int, settings: Settings) -> Style
             given = json.loads(raw)
         except ValueError as exc:
             raise validation_problem([{"field": "params", "message": f"not valid JSON: {exc}"}]) from exc
+        except RecursionError as exc:  # `[[[[...` a thousand deep: the client's mistake, not ours
+            raise validation_problem([{"field": "params", "message": "nested too deeply"}]) from exc
     if not isinstance(given, dict):
         raise validation_problem([{"field": "params", "message": "must be a JSON object"}])
     try:

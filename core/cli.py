@@ -222,7 +222,7 @@ def plan_memory(params: StyleParams, original: tuple[int, int], device: str | No
 
     resolved = resolve_device(device)
     raw = os.environ.get("NST_MEMORY_BUDGET_BYTES", "").strip()
-    if raw and not raw.isdigit():
+    if raw and not (raw.isascii() and raw.isdigit()):
         raise CommandError(f"NST_MEMORY_BUDGET_BYTES={raw!r}: give a number of bytes")
     budget = int(raw) if raw else default_budget(str(resolved))
     size = working_size(original, params)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import struct
 from pathlib import Path
 
 import numpy as np
@@ -13,6 +14,16 @@ from core.errors import InvalidImageError
 Size = tuple[int, int]  # (height, width), as the spec and the seed write sizes
 
 _SIXTEEN_BIT_MODES = {"I;16", "I;16B", "I;16L", "I;16N", "I"}
+# EXIF orientations that turn the picture a quarter: its upright width is its stored height.
+_QUARTER_TURNS = {5, 6, 7, 8}
+_ORIENTATION_TAG = 0x0112
+_ROWS_AT_ONCE = 256  # 16-bit to 8-bit conversion a band at a time, never the whole image in wider types
+# What Pillow's readers raise on files that are not images, or are broken or crafted ones (its
+# plugins do arithmetic and indexing on header fields: a 1-pixel JPEG's draft divided by zero).
+DECODE_ERRORS = (
+    UnidentifiedImageError, Image.DecompressionBombError, OSError, EOFError, SyntaxError, ValueError,
+    ArithmeticError, IndexError, KeyError, TypeError, struct.error,
+)  # fmt: skip
 
 
 def open_image(source: str | Path | bytes) -> Image.Image:
@@ -21,9 +32,52 @@ def open_image(source: str | Path | bytes) -> Image.Image:
         handle = io.BytesIO(source) if isinstance(source, bytes) else source
         with Image.open(handle) as img:
             return to_rgb(img)
-    except (UnidentifiedImageError, Image.DecompressionBombError, OSError, SyntaxError, ValueError) as exc:
+    except DECODE_ERRORS as exc:
         name = "image bytes" if isinstance(source, bytes) else str(source)
         raise InvalidImageError(f"{name}: not an image Pillow can decode ({exc})") from exc
+
+
+JPEG_CHECK_SCALE = 8  # check_decodes reads a JPEG's every byte but keeps an eighth of each side
+
+
+def check_decodes(data: bytes) -> Size:
+    """Decode the file's first frame without keeping or converting it, as a check that the
+    worker can; returns its upright (width, height) (EXIF orientation applied). A JPEG is decoded
+    at 1/8 scale: every byte of it is still read and checked, in a sixty-fourth of the memory.
+    InvalidImageError if it does not decode."""
+    try:
+        with Image.open(io.BytesIO(data)) as img:
+            if getattr(img, "n_frames", 1) > 1:
+                img.seek(0)
+            width, height = img.size
+            if img.format == "JPEG":
+                img.draft(img.mode, (max(1, width // JPEG_CHECK_SCALE), max(1, height // JPEG_CHECK_SCALE)))
+            img.load()
+            orientation = img.getexif().get(_ORIENTATION_TAG)
+    except DECODE_ERRORS as exc:
+        raise InvalidImageError(f"image bytes: not an image Pillow can decode ({exc})") from exc
+    return (height, width) if orientation in _QUARTER_TURNS else (width, height)
+
+
+def decoded_pixels(width: int, height: int, image_format: str | None) -> int:
+    """How many pixels check_decodes holds at once for an image of this size and format."""
+    if image_format == "JPEG":
+        return -(-width // JPEG_CHECK_SCALE) * -(-height // JPEG_CHECK_SCALE)
+    return width * height
+
+
+def sixteen_to_eight_bit(img: Image.Image) -> Image.Image:
+    """A 16-bit (or 32-bit integer) grey image as 8-bit grey, scaled (convert("L") would clip at
+    255: a white image). A band of rows at a time, so a 40-Mpx image never exists in a wider type
+    than its own: 2 bytes a pixel in, 1 out, not the 8 of a float64 copy."""
+    values = np.asarray(img)  # its own type: uint16, or int32 for mode I
+    peak = 65535 if values.max(initial=0) > 255 else 255
+    out = np.empty(values.shape, dtype=np.uint8)
+    for start in range(0, values.shape[0], _ROWS_AT_ONCE):
+        band = np.clip(values[start : start + _ROWS_AT_ONCE].astype(np.int64), 0, peak)
+        out[start : start + _ROWS_AT_ONCE] = (band * 255 + peak // 2) // peak
+    del values
+    return Image.fromarray(out, mode="L")
 
 
 def to_rgb(img: Image.Image) -> Image.Image:
@@ -32,10 +86,7 @@ def to_rgb(img: Image.Image) -> Image.Image:
         img.seek(0)
     img = ImageOps.exif_transpose(img)
     if img.mode in _SIXTEEN_BIT_MODES:
-        # convert("RGB") clips 16-bit values at 255 (a white image); scale to 8 bits instead.
-        values = np.asarray(img, dtype=np.float64)
-        peak = 65535.0 if values.max(initial=0) > 255 else 255.0
-        img = Image.fromarray(np.clip(values / peak * 255.0 + 0.5, 0, 255).astype(np.uint8), mode="L")
+        img = sixteen_to_eight_bit(img)
     elif img.mode == "F":
         img = Image.fromarray(np.clip(np.asarray(img), 0, 255).astype(np.uint8), mode="L")
     elif img.mode in ("RGBA", "LA", "PA") or (img.mode == "P" and "transparency" in img.info):

@@ -202,6 +202,19 @@ class StyleParams(BaseModel):
             raise ValueError("style_blend_weights must contain at least one positive weight")
         return self
 
+    @model_validator(mode="after")
+    def _check_weight_products(self) -> StyleParams:
+        """Each layer's loss is scaled by its weight times alpha or beta: a product past the largest
+        float is infinite, and the run could only diverge."""
+        for overall, layer_weights, names in (
+            ("content_weight", self.content_layer_weights, "content_layer_weights"),
+            ("style_weight", self.style_layer_weights, "style_layer_weights"),
+        ):
+            for index, weight in enumerate(layer_weights):
+                if not math.isfinite(getattr(self, overall) * weight):
+                    raise ValueError(f"{overall} x {names}[{index}] is past the largest number: make one smaller")
+        return self
+
     @classmethod
     def json_schema(cls) -> dict[str, Any]:
         """The JSON Schema with every default in it (pydantic leaves out defaults made by a

@@ -34,6 +34,14 @@ RUNNING_KEY = f"{PREFIX}:running"  # set: ids of running jobs, each held by a le
 # hash: worker name -> JSON of what it reports with its heartbeat (device, precision, memory budget)
 WORKER_INFO_KEY = f"{PREFIX}:worker-info"
 
+# Fair sharing between tenants (worker/fair_queue.py). A tenant is an API key's id, or OPEN_TENANT
+# for every job of a service without keys. Each tenant has its own queue of job ids; a worker
+# takes the next job from the tenant with the fewest running jobs, then the one served longest ago.
+OPEN_TENANT = "open"
+TENANTS_KEY = f"{PREFIX}:queue:tenants"  # sorted set: tenants with queued jobs -> their oldest job's sequence
+SERVED_KEY = f"{PREFIX}:queue:served"  # hash: tenant -> the serve number of its last started job
+SERVE_COUNTER_KEY = f"{PREFIX}:queue:serve-counter"  # counter giving each start its serve number
+
 _ID_PATTERN = re.compile(r"[0-9a-f]{32}")
 
 
@@ -97,11 +105,61 @@ def owner_jobs_key(owner: str) -> str:
     return f"{PREFIX}:owner:{owner}:jobs"
 
 
-def owner_active_key(owner: str) -> str:
-    """Sorted set: the ids of one API key's jobs that may still be queued or running (scored by
+def tenant_of(owner: str | None) -> str:
+    """The tenant whose limits and queue a job counts against: its API key's id, or OPEN_TENANT."""
+    return owner if owner is not None else OPEN_TENANT
+
+
+def owner_active_key(tenant: str) -> str:
+    """Sorted set: the ids of one tenant's jobs that may still be queued or running (scored by
     when each was admitted), for NST_MAX_ACTIVE_JOBS_PER_KEY; worker/tenancy.py drops the
     finished and expired ones each time it counts them."""
-    return f"{PREFIX}:owner:{owner}:active"
+    return f"{PREFIX}:owner:{tenant}:active"
+
+
+def tenant_queue_key(tenant: str) -> str:
+    """Sorted set: the tenant's queued job ids by sequence (fair_queue.py takes from its head)."""
+    return f"{PREFIX}:tenant:{tenant}:queue"
+
+
+def submissions_key(tenant: str, window: int) -> str:
+    """Counter: the tenant's accepted submissions in one minute (`window` = unix time // 60)."""
+    return f"{PREFIX}:tenant:{tenant}:submissions:{window}"
+
+
+def held_total_key(tenant: str) -> str:
+    """Counter: the bytes the tenant's jobs hold in Redis (inputs, snapshots, result)."""
+    return f"{PREFIX}:tenant:{tenant}:held"
+
+
+def held_jobs_key(tenant: str) -> str:
+    """Hash: job id -> the bytes that job holds (the parts of held_total_key)."""
+    return f"{PREFIX}:tenant:{tenant}:held:jobs"
+
+
+def held_until_key(tenant: str) -> str:
+    """Sorted set: job id -> when its bytes expire (unix time); past it they leave the total."""
+    return f"{PREFIX}:tenant:{tenant}:held:until"
+
+
+def lua_layout() -> str:
+    """The key layout as `string.format` templates, for Lua scripts that find keys of a job or a
+    tenant they learn only inside the script (the next job of the fair queue, a job's tenant).
+    Job ids are hex and tenants key ids: nothing in them means anything to a format string."""
+    layout = {
+        "job": job_key("%s"),
+        "lease": lease_key("%s"),
+        "events": events_key("%s"),
+        "content": content_key("%s"),
+        "style": style_key("%s", 0).removesuffix("0") + "%d",
+        "tenant_queue": tenant_queue_key("%s"),
+        "held_total": held_total_key("%s"),
+        "held_jobs": held_jobs_key("%s"),
+        "held_until": held_until_key("%s"),
+        "tenants": TENANTS_KEY,
+        "open": OPEN_TENANT,
+    }
+    return json.dumps(layout)
 
 
 def utc_now() -> str:
@@ -136,6 +194,7 @@ class JobRecord(BaseModel):
     # Coarse-to-fine: the stage running, {"index": from 1, "count", "height", "width"}.
     scale: dict[str, int] | None = None
     owner: str | None = None  # the id of the API key that made the job (never the key); None without keys
+    input_bytes: int = 0  # what its uploads take in Redis, until it ends (then they are deleted)
     # Webhooks (worker/webhooks.py): the URL checked at submit, and the events it gets.
     webhook: str | None = None
     webhook_events: list[str] = Field(default_factory=list)

@@ -143,13 +143,13 @@ def run_everything(host: str, port: int, data_dir: str, stream: TextIO, workers:
         env["NST_REDIS_URL"] = f"redis://127.0.0.1:{redis_port}/0"
     children.append(Child("nst api", nst_command("api", "--host", host, "--port", str(port)), env))
     # Webhook deliveries: a light worker of their own, so a slow receiver never holds a GPU job.
-    children.append(Child("nst webhooks", nst_command("webhooks"), env, stop_order=1))
+    children.append(Child("nst webhooks", nst_command("webhooks"), env, stop_order=1, death_signal=signal.SIGKILL))
     gpus = 0 if env.get("NST_DEVICE", "").startswith("cpu") else visible_gpu_count()
     devices = worker_devices(workers, gpus, env)
     for index, device in enumerate(devices, start=1):
         name = "nst worker" if len(devices) == 1 else f"nst worker {index}"
         command = nst_command("worker", *(["--device", device] if device else []))
-        children.append(Child(name, command, env, stop_order=1))
+        children.append(Child(name, command, env, stop_order=1, death_signal=signal.SIGKILL))
     if redis_child is not None:
         children.append(redis_child)  # stopped last: the others flush their state to it first
     supervisor = Supervisor(children)

@@ -64,13 +64,30 @@ PROBLEM_TYPES: dict[str, ProblemType] = {
     ),
     "too-many-active-jobs": ProblemType(
         "Too many active jobs",
-        "This API key has NST_MAX_ACTIVE_JOBS_PER_KEY jobs queued or running. Retry after the number of "
-        "seconds in Retry-After, or cancel one of them.",
+        "This API key (every client together, on a service without keys) has NST_MAX_ACTIVE_JOBS_PER_KEY jobs "
+        "queued or running. Retry after the number of seconds in Retry-After, or cancel one of them.",
+    ),
+    "too-many-submissions": ProblemType(
+        "Too many submissions",
+        "This API key (every client together, on a service without keys) has had NST_MAX_SUBMISSIONS_PER_MINUTE "
+        "jobs accepted this minute. Retry after the number of seconds in Retry-After.",
+    ),
+    "too-much-stored": ProblemType(
+        "Too much stored",
+        "This API key's jobs (everyone's, on a service without keys) hold NST_MAX_STORED_BYTES_PER_KEY bytes, or "
+        "would with this job's uploads: uploads until their job ends, snapshots and results until they expire "
+        "(NST_JOB_TTL_SECONDS after the job ends). Retry once some have expired.",
     ),
     "unavailable": ProblemType(
         "Service unavailable",
         "Redis (the job store and queue) is not answering, e.g. while it restarts. Retry "
         "after Retry-After; jobs already accepted are not lost.",
+    ),
+    "busy": ProblemType(
+        "Server busy",
+        "This API process is decoding as many uploaded pixels as it may at once (NST_MAX_DECODE_PIXELS) and "
+        "the submission could not start within NST_DECODE_WAIT_SECONDS. Retry after Retry-After; nothing was "
+        "stored.",
     ),
     "no-workers": ProblemType("No workers", "Readiness: no worker has reported in the last few heartbeats."),
     "already-finished": ProblemType(
@@ -97,6 +114,32 @@ PROBLEM_TYPES: dict[str, ProblemType] = {
         "of the device's free memory), even with activation checkpointing. `detail` names the working "
         "size, the memory it needs and the budget; `memory_needed_bytes` and `memory_budget_bytes` give "
         "them as numbers. A smaller height and width, or a worker with more memory, runs it.",
+    ),
+    "unknown-host": ProblemType(
+        "Unknown host",
+        "The request's Host header names a host this server does not answer to (421). It answers to IP "
+        "addresses, localhost and the names in NST_ALLOWED_HOSTS; this stops DNS rebinding, where a web page "
+        "reaches a service on your machine or network through a name its attacker controls.",
+    ),
+    "cross-origin": ProblemType(
+        "Cross-origin request refused",
+        "A web page of another origin sent a request that changes something (a submission, a cancel). Only "
+        "the service's own page and the origins in NST_CORS_ORIGINS may; scripts and curl send no Origin and "
+        "are not affected.",
+    ),
+    "headers-too-large": ProblemType(
+        "Request headers too large",
+        "The request's headers were larger than NST_MAX_HEADER_BYTES (431); the connection was closed.",
+    ),
+    "header-timeout": ProblemType(
+        "Request header timeout",
+        "The request's headers did not arrive whole within NST_HEADER_TIMEOUT_SECONDS (408); the connection "
+        "was closed.",
+    ),
+    "diverged": ProblemType(
+        "Job diverged",
+        "Every loss of the optimisation was infinite or not a number, so there is no picture to keep: the "
+        "weights are too large (content_weight, style_weight, tv_weight or a layer weight); smaller ones run.",
     ),
     "timeout": ProblemType("Job timed out", "The job ran past NST_JOB_TIMEOUT_SECONDS and was stopped."),
     "worker-lost": ProblemType(

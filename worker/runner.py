@@ -34,7 +34,7 @@ from core.scales import plan_stages
 from core.sizes import working_size
 from core.transfer import Progress, StyleResult, stylize
 from core.weights import WeightsSource
-from worker.keys import JobRecord, history_line, utc_now
+from worker.keys import JobRecord, history_line
 from worker.problem_types import problem_type_uri
 from worker.progress_writer import OrderedWriter
 from worker.settings import Settings, get_settings
@@ -286,37 +286,31 @@ class ProgressPublisher:
 
 
 def run_job(job_id: str, context: WorkerContext | None = None) -> None:
-    """Run one job to its end. Safe to call for any message: a job that is not queued (finished,
-    canceled, or held by another run) is left alone."""
-    with job_context(job_id):  # every record logged meanwhile carries the job id
-        _run_job(job_id, context)
-
-
-def _run_job(job_id: str, context: WorkerContext | None) -> None:
+    """Take one turn: claim the next queued job in fair order between tenants (worker/fair_queue.py)
+    and run it to its end. `job_id` names the submission whose message this turn is; that job
+    may run now or on another turn. A turn that finds nothing queued ends at once."""
     context = context or worker_context()
+    store, settings = context.store, context.settings
+    weights = WeightsSource.from_env()
+    token = secrets.token_hex(8)
+    fields = {"status": "running", "weights": weights.label, "worker": context.name}
+    claimed = until_redis_answers("claiming a job", lambda: store.claim_next(fields, token, settings.lease_seconds))
+    if claimed is None:
+        log.info("turn of job %s: nothing is queued (canceled, or taken on another turn)", job_id)
+        return
+    with job_context(claimed[0]):  # every record logged meanwhile carries the job id
+        _run_job(context, *claimed, weights, token)
+
+
+def _run_job(context: WorkerContext, job_id: str, attempt: int, weights: WeightsSource, token: str) -> None:
     store, settings = context.store, context.settings
     record = until_redis_answers("reading the job", lambda: store.get(job_id))
     if record is None:
-        log.warning("job %s: no record (expired or never created); message dropped", job_id)
-        return
-    weights = WeightsSource.from_env()
-    token = secrets.token_hex(8)
-    fields = {
-        "status": "running",
-        "started_at": record.started_at or utc_now(),
-        "attempts": record.attempts + 1,
-        "weights": weights.label,
-        "worker": context.name,
-    }
-    claimed, status = until_redis_answers(
-        "claiming the job", lambda: store.claim(job_id, fields, token, settings.lease_seconds)
-    )
-    if not claimed:
-        log.info("job %s is %s: not run here", job_id, status)
+        log.warning("job %s: its record expired as it started", job_id)
         return
     with context.lock:
         context.current = (job_id, token)
-    log.info("job %s: started (attempt %d)", job_id, record.attempts + 1)
+    log.info("job %s: started (attempt %d)", job_id, attempt)
     announce(store, job_id, "started", settings=settings)  # once a job: a resumed run sends none
     try:
         _run_claimed(context, record, weights, token)
@@ -451,6 +445,15 @@ def _record_outcome(store: JobStore, job_id: str, result: StyleResult, stop: Sto
     if result.stopped:
         until_redis_answers("canceling", lambda: store.finish(job_id, "canceled", {"eta_seconds": None}, token))
         log.info("job %s: canceled at iteration %d", job_id, result.iterations_run)
+        return
+    if result.losses is None or not math.isfinite(result.losses.total):
+        detail = (
+            f"every loss of the {result.iterations_run} iterations was infinite or not a number: the weights are "
+            "too large (content_weight, style_weight, tv_weight or a layer weight)"
+        )
+        error = problem("Job diverged", detail, 422, "diverged")
+        until_redis_answers("recording the divergence", lambda: store.finish(job_id, "failed", {"error": error}, token))
+        log.warning("job %s: diverged", job_id)
         return
     metadata = {
         "weights": result.weights,

@@ -19,11 +19,33 @@ class Settings(BaseSettings):
     max_upload_bytes: int = Field(20_000_000, ge=1, description="per uploaded file")
     max_styles: int = Field(8, ge=1, le=16, description="style images per job")
     max_input_pixels: int = Field(40_000_000, ge=1, description="width x height of an uploaded image")
+    max_decode_pixels: int | None = Field(
+        None,
+        ge=1,
+        description="pixels one API process decodes at once to check uploads (default: NST_MAX_INPUT_PIXELS); "
+        "a decode waits for its share, and past NST_DECODE_WAIT_SECONDS the submission is answered 503",
+    )
+    decode_wait_seconds: float = Field(
+        10.0, ge=0, description="how long a submission waits for its pixels in the decode budget before a 503"
+    )
     max_iterations: int = Field(20_000, ge=1, description="per job")
     max_side: int = Field(4096, ge=16, description="largest working height or width")
     max_queued_jobs: int = Field(1000, ge=1, description="jobs waiting; past it, 429")
+    max_header_bytes: int = Field(
+        65_536, ge=4096, description="a request's headers larger than this are refused (431) and the connection closed"
+    )
+    header_timeout_seconds: float = Field(
+        20.0, gt=0, description="a connection must send a request's whole headers within this (408 and closed if not)"
+    )
     job_timeout_seconds: int = Field(6 * 3600, ge=10, description="a running job past this fails")
-    cors_origins: str = Field("", description="comma-separated origins allowed to call the API from a browser")
+    cors_origins: str = Field(
+        "", description="comma-separated origins whose pages may call the API from a browser (CORS), changes included"
+    )
+    allowed_hosts: str = Field(
+        "",
+        description="comma-separated host names the API answers to besides IP addresses and localhost "
+        "(`nst.example.com`, `*.example.com`, or `*` for any): a request for any other Host is refused (421)",
+    )
     device: str | None = Field(None, description="worker device: cpu, cuda, cuda:N (default: CUDA if available)")
     worker_heartbeat_seconds: float = Field(5.0, gt=0, description="how often a worker says it is alive")
     lease_seconds: int = Field(30, ge=2, description="a running job whose worker is silent this long is requeued")
@@ -39,7 +61,19 @@ class Settings(BaseSettings):
         "`Authorization: Bearer KEY` and a job is visible only to the key that made it",
     )
     max_active_jobs_per_key: int | None = Field(
-        None, ge=1, description="queued plus running jobs per API key; past it, 429 (unset: no limit)"
+        100,
+        ge=1,
+        description="queued plus running jobs per API key (without keys: of everyone together); past it, 429 "
+        "(set empty: no limit)",
+    )
+    max_submissions_per_minute: int = Field(
+        60, ge=1, description="jobs accepted per API key (without keys: of everyone together) per minute; past it, 429"
+    )
+    max_stored_bytes_per_key: int = Field(
+        1_000_000_000,
+        ge=1,
+        description="bytes one API key's jobs (without keys: everyone's) may hold in Redis: uploads until the "
+        "job ends, snapshots and results until they expire; past it, 429",
     )
     memory_budget_bytes: int | None = Field(
         None,
@@ -72,15 +106,23 @@ class Settings(BaseSettings):
             return value
         return None
 
-    @field_validator("api_keys_file", "max_active_jobs_per_key", mode="before")
+    @field_validator("api_keys_file", "max_active_jobs_per_key", "max_decode_pixels", mode="before")
     @classmethod
     def _empty_is_unset(cls, value: object) -> object:
         """`NST_API_KEYS_FILE=` (as a compose file or a shell leaves it) means no file, not the path ""."""
         return None if isinstance(value, str) and not value.strip() else value
 
     @property
+    def decode_pixel_budget(self) -> int:
+        return self.max_decode_pixels or self.max_input_pixels
+
+    @property
     def cors_origin_list(self) -> list[str]:
         return [o.strip() for o in self.cors_origins.split(",") if o.strip()]
+
+    @property
+    def allowed_host_list(self) -> list[str]:
+        return [h.strip() for h in self.allowed_hosts.split(",") if h.strip()]
 
     @property
     def visibility_timeout(self) -> int:

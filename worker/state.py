@@ -17,12 +17,17 @@ from typing import Any
 import redis
 
 from worker import telemetry
+from worker.fair_queue import NEXT_JOB_LUA, POSITION, TENANCY_LUA
 from worker.keys import (
     EVENTS_MAXLEN,
     JOBS_KEY,
     QUEUE_KEY,
     RUNNING_KEY,
     SEQUENCE_KEY,
+    SERVE_COUNTER_KEY,
+    SERVED_KEY,
+    TENANTS_KEY,
+    TERMINAL,
     WORKER_INFO_KEY,
     WORKERS_KEY,
     EventKind,
@@ -37,10 +42,13 @@ from worker.keys import (
     job_key,
     lease_key,
     losses_key,
+    lua_layout,
     owner_jobs_key,
     result_key,
     snapshot_key,
     style_key,
+    tenant_of,
+    tenant_queue_key,
     utc_now,
 )
 from worker.problem_types import problem_type_uri
@@ -52,14 +60,19 @@ local function emit(stream, kind, data, maxlen, ttl)
   redis.call('EXPIRE', stream, tonumber(ttl))
 end
 """
+# Every script below also knows tenants, queues and held bytes (fair_queue.TENANCY_LUA); its last
+# argument is the key layout (keys.lua_layout()).
+_PRELUDE = _EMIT + TENANCY_LUA
 
 # KEYS: job hash, event stream. ARGV[1] JSON list of statuses allowed now; ARGV[2] JSON object of
 # fields (each value already JSON); ARGV[3] the run_token the job must hold (JSON), or "" for any;
 # ARGV[4] the status event's data, or "" for none; ARGV[5] stream length; ARGV[6] its TTL;
-# ARGV[7] (optional) a JSON list of Redis commands (counters) to run only if the change applies.
+# ARGV[7] a JSON list of Redis commands (counters) to run only if the change applies, or "";
+# ARGV[8] when the change ends the job, JSON {"job", "result" (bytes), "expires" (unix time)}: its
+# inputs are deleted and its held bytes become its outputs' (TENANCY_LUA's `ended`), or "".
 # Returns {1, old status} when applied, {0, old status} when not, {0, false} for no job.
 _TRANSITION = (
-    _EMIT
+    _PRELUDE
     + """
 local current = redis.call('HGET', KEYS[1], 'status')
 if not current then return {0, false} end
@@ -71,8 +84,12 @@ for _, allowed in ipairs(cjson.decode(ARGV[1])) do
       redis.call('HSET', KEYS[1], name, value)
     end
     if ARGV[4] ~= '' then emit(KEYS[2], 'status', ARGV[4], ARGV[5], ARGV[6]) end
-    if ARGV[7] and ARGV[7] ~= '' then
+    if ARGV[7] ~= '' then
       for _, command in ipairs(cjson.decode(ARGV[7])) do redis.call(unpack(command)) end
+    end
+    if ARGV[8] ~= '' then
+      local ending = cjson.decode(ARGV[8])
+      ended(ending.job, ending.result, ending.expires)
     end
     return {1, status}
   end
@@ -81,22 +98,39 @@ return {0, status}
 """
 )
 
-# Claim a queued job for one run. KEYS: job hash, lease, running set, queue, event stream. ARGV:
-# job id, fields (JSON object of JSON values, run_token among them), the token, lease seconds,
-# the status event's data, stream length, its TTL.
+# Claim a queued job for one run: the job ARGV[1] names, or with ARGV[1] "" the next one in fair
+# order (worker/fair_queue.py). KEYS: queue, running set, served hash, serve counter. ARGV: job id
+# or "", fields (JSON object of JSON values, run_token among them; `attempts` counts up by itself
+# unless given), the token (JSON), lease seconds, now (JSON, for a first start), stream length,
+# its TTL, layout. Returns {job id, attempts, created_at (JSON)} when claimed; {false, status
+# (JSON)} when the named job is not queued; {false, false} when there is no such job, or nothing
+# is queued.
 _CLAIM = (
-    _EMIT
+    _PRELUDE
+    + NEXT_JOB_LUA
     + """
-local current = redis.call('HGET', KEYS[1], 'status')
-if not current then return {0, false} end
-local status = cjson.decode(current)
-if status ~= 'queued' then return {0, status} end
-for name, value in pairs(cjson.decode(ARGV[2])) do redis.call('HSET', KEYS[1], name, value) end
-redis.call('SET', KEYS[2], ARGV[3], 'EX', tonumber(ARGV[4]))
-redis.call('SADD', KEYS[3], ARGV[1])
-redis.call('ZREM', KEYS[4], ARGV[1])
-emit(KEYS[5], 'status', ARGV[5], ARGV[6], ARGV[7])
-return {1, status}
+local job = ARGV[1]
+if job == '' then
+  job = next_job(KEYS[2], KEYS[3])
+  if not job then return {false, false} end
+end
+local hash = key('job', job)
+local current = redis.call('HGET', hash, 'status')
+if not current then return {false, false} end
+if current ~= '"queued"' then return {false, cjson.decode(current)} end
+local fields = cjson.decode(ARGV[2])
+local attempts = tonumber(fields.attempts or (tonumber(redis.call('HGET', hash, 'attempts') or '0') + 1))
+for name, value in pairs(fields) do redis.call('HSET', hash, name, value) end
+redis.call('HSET', hash, 'attempts', attempts)
+if redis.call('HGET', hash, 'started_at') == 'null' then redis.call('HSET', hash, 'started_at', ARGV[5]) end
+redis.call('SET', key('lease', job), ARGV[3], 'EX', tonumber(ARGV[4]))
+redis.call('SADD', KEYS[2], job)
+redis.call('ZREM', KEYS[1], job)
+local tenant = tenant_of(job)
+dequeue(tenant, job)
+redis.call('HSET', KEYS[3], tenant, redis.call('INCR', KEYS[4]))
+emit(key('events', job), 'status', cjson.encode({status = 'running', attempt = attempts}), ARGV[6], ARGV[7])
+return {job, attempts, redis.call('HGET', hash, 'created_at')}
 """
 )
 
@@ -112,13 +146,13 @@ end
 return false
 """
 
-# A running job whose lease has gone: its worker died. Queue it again at its old place, or fail
-# it after max attempts. KEYS: job hash, lease, running set, queue, event stream. ARGV: job id,
-# max attempts, the failed fields (JSON object of JSON values), the failed and the requeued
-# events' data, stream length, its TTL; KEYS[6] the final-status counters (worker/telemetry.py).
-# Returns 'alive', 'gone', 'requeued', 'failed'.
+# A running job whose lease has gone: its worker died. Queue it again at its old place (in its
+# tenant's queue too), or fail it after max attempts. KEYS: job hash, lease, running set, queue,
+# event stream, the final-status counters (worker/telemetry.py). ARGV: job id, max attempts, the
+# failed fields (JSON object of JSON values), the failed and the requeued events' data, stream
+# length, its TTL, now (unix time), layout. Returns 'alive', 'gone', 'requeued', 'failed'.
 _REAP = (
-    _EMIT
+    _PRELUDE
     + """
 local current = redis.call('HGET', KEYS[1], 'status')
 if not current or cjson.decode(current) ~= 'running' then
@@ -132,22 +166,26 @@ if attempts >= tonumber(ARGV[2]) then
   for name, value in pairs(cjson.decode(ARGV[3])) do redis.call('HSET', KEYS[1], name, value) end
   emit(KEYS[5], 'status', ARGV[4], ARGV[6], ARGV[7])
   redis.call('HINCRBY', KEYS[6], 'failed', 1)
+  ended(ARGV[1], 0, tonumber(ARGV[8]) + tonumber(ARGV[7]))
   return 'failed'
 end
 redis.call('HSET', KEYS[1], 'status', cjson.encode('queued'), 'run_token', 'null')
-redis.call('ZADD', KEYS[4], tonumber(redis.call('HGET', KEYS[1], 'sequence')), ARGV[1])
+local sequence = tonumber(redis.call('HGET', KEYS[1], 'sequence'))
+redis.call('ZADD', KEYS[4], sequence, ARGV[1])
+enqueue(tenant_of(ARGV[1]), ARGV[1], sequence)
 emit(KEYS[5], 'status', ARGV[5], ARGV[6], ARGV[7])
 return 'requeued'
 """
 )
 
-# Cancel a job in one step, whatever it is doing: a queued job is canceled and leaves the queue;
-# a running one is asked to stop (once: a repeated cancel adds no event); a finished one is left
-# alone. KEYS: job hash, queue, cancel flag, event stream, final-status counters. ARGV: job id,
-# finished_at (JSON), the canceled and the cancel-requested events' data, stream length, TTL.
-# Returns {outcome, old status}: 'canceled', 'requested', 'unchanged', or {'missing', false}.
+# Cancel a job in one step, whatever it is doing: a queued job is canceled, leaves the queues and
+# its inputs go; a running one is asked to stop (once: a repeated cancel adds no event); a
+# finished one is left alone. KEYS: job hash, queue, cancel flag, event stream, final-status
+# counters. ARGV: job id, finished_at (JSON), the canceled and the cancel-requested events' data,
+# stream length, TTL, now (unix time), layout. Returns {outcome, old status}: 'canceled',
+# 'requested', 'unchanged', or {'missing', false}.
 _CANCEL = (
-    _EMIT
+    _PRELUDE
     + """
 local current = redis.call('HGET', KEYS[1], 'status')
 if not current then return {'missing', false} end
@@ -155,8 +193,10 @@ local status = cjson.decode(current)
 if status == 'queued' then
   redis.call('HSET', KEYS[1], 'status', cjson.encode('canceled'), 'finished_at', ARGV[2])
   redis.call('ZREM', KEYS[2], ARGV[1])
+  dequeue(tenant_of(ARGV[1]), ARGV[1])
   emit(KEYS[4], 'status', ARGV[3], ARGV[5], ARGV[6])
   redis.call('HINCRBY', KEYS[5], 'canceled', 1)
+  ended(ARGV[1], 0, tonumber(ARGV[7]) + tonumber(ARGV[6]))
   return {'canceled', status}
 end
 if status == 'running' then
@@ -171,21 +211,32 @@ return {'unchanged', status}
 """
 )
 
+# Take a job out of the queues (the broker refused it). KEYS: queue. ARGV: job id, layout.
+_DEQUEUE = (
+    _PRELUDE
+    + """
+redis.call('ZREM', KEYS[1], ARGV[1])
+dequeue(tenant_of(ARGV[1]), ARGV[1])
+"""
+)
+
 # A progress write, only by the run that holds the job: a run that lost it (its lease lapsed and
 # the job was requeued or failed) writes nothing after the job's end. KEYS: job hash, event
 # stream, loss history, snapshot image. ARGV: run token (JSON), fields (JSON object of JSON
 # values), progress event data, history line or '', snapshot image or '', snapshot event data
-# or '', stream length, TTL; KEYS[5] the snapshots counter. Returns 1 when written, 0 when the
-# run no longer holds the job.
+# or '', stream length, TTL, job id, layout; KEYS[5] the snapshots counter. A snapshot's bytes
+# count for its tenant. Returns 1 when written, 0 when the run no longer holds the job.
 _PUBLISH = (
-    _EMIT
+    _PRELUDE
     + """
 if redis.call('HGET', KEYS[1], 'run_token') ~= ARGV[1] or redis.call('HGET', KEYS[1], 'status') ~= '"running"' then
   return 0
 end
 if ARGV[5] ~= '' then
+  local before = redis.call('STRLEN', KEYS[4])  -- a resumed run writes an iteration's snapshot again
   redis.call('SET', KEYS[4], ARGV[5], 'EX', tonumber(ARGV[8]))
   redis.call('INCR', KEYS[5])
+  settle(ARGV[9], tenant_of(ARGV[9]), #ARGV[5] - before, nil)
 end
 for name, value in pairs(cjson.decode(ARGV[2])) do redis.call('HSET', KEYS[1], name, value) end
 if ARGV[4] ~= '' then
@@ -216,6 +267,9 @@ class JobStore:
         self._reap = client.register_script(_REAP)
         self._cancel = client.register_script(_CANCEL)
         self._publish = client.register_script(_PUBLISH)
+        self._dequeue = client.register_script(_DEQUEUE)
+        self._position = client.register_script(POSITION)
+        self.layout = lua_layout()
 
     @classmethod
     def from_url(cls, url: str, ttl_seconds: int) -> JobStore:
@@ -226,7 +280,10 @@ class JobStore:
     def create(self, record: JobRecord, content: bytes, styles: list[bytes]) -> JobRecord:
         """Store a new queued job and its inputs in one transaction."""
         sequence = int(self.redis.incr(SEQUENCE_KEY))
-        record = record.model_copy(update={"sequence": sequence, "style_count": len(styles)})
+        input_bytes = len(content) + sum(len(style) for style in styles)
+        update = {"sequence": sequence, "style_count": len(styles), "input_bytes": input_bytes}
+        record = record.model_copy(update=update)
+        tenant = tenant_of(record.owner)
         pipe = self.redis.pipeline(transaction=True)
         pipe.hset(job_key(record.id), mapping=record.to_redis())
         pipe.expire(job_key(record.id), self.ttl)
@@ -234,6 +291,8 @@ class JobStore:
         for index, style in enumerate(styles):
             pipe.set(style_key(record.id, index), style, ex=self.ttl)
         pipe.zadd(QUEUE_KEY, {record.id: sequence})
+        pipe.zadd(tenant_queue_key(tenant), {record.id: sequence})
+        pipe.zadd(TENANTS_KEY, {tenant: sequence}, lt=True)  # its score: its oldest queued job
         pipe.zadd(JOBS_KEY, {record.id: sequence})
         if record.owner is not None:  # the API key's own listing (the global one stays whole)
             pipe.zadd(owner_jobs_key(record.owner), {record.id: sequence})
@@ -246,11 +305,11 @@ class JobStore:
 
     def forget(self, job_id: str, style_count: int, owner: str | None = None) -> None:
         """Remove a job that could not be queued (the broker refused it)."""
+        self._dequeue(keys=[QUEUE_KEY], args=[job_id, self.layout])
         keys = [job_key(job_id), content_key(job_id), *(style_key(job_id, i) for i in range(style_count))]
         keys.append(events_key(job_id))
         pipe = self.redis.pipeline(transaction=True)
         pipe.delete(*keys)
-        pipe.zrem(QUEUE_KEY, job_id)
         pipe.zrem(JOBS_KEY, job_id)
         if owner is not None:
             pipe.zrem(owner_jobs_key(owner), job_id)
@@ -262,9 +321,9 @@ class JobStore:
         return JobRecord.from_redis(fields) if fields else None
 
     def queue_position(self, job_id: str) -> int | None:
-        """1 for the next job to start; None when the job is not waiting."""
-        rank = self.redis.zrank(QUEUE_KEY, job_id)
-        return None if rank is None else int(rank) + 1
+        """1 for the next job to start (in fair order between tenants); None when it is not waiting."""
+        ahead = self._position(keys=[RUNNING_KEY, SERVED_KEY], args=[job_id, self.layout])
+        return None if ahead is None else int(ahead) + 1
 
     def inputs(self, job_id: str, style_count: int) -> tuple[bytes, list[bytes]] | None:
         values = self.redis.mget([content_key(job_id), *(style_key(job_id, i) for i in range(style_count))])
@@ -279,37 +338,54 @@ class JobStore:
         fields: dict[str, Any],
         run_token: str | None = None,
         also: telemetry.Commands | None = None,
+        result_bytes: int | None = None,
     ) -> tuple[bool, str | None]:
         """Apply `fields` only if the job's status is in `allowed` (and, given `run_token`, the
         job is still held by that run); returns (applied, old status). A new status is reported
-        in the job's event stream; `also`'s commands run in the same script, only if it applies."""
+        in the job's event stream; `also`'s commands run in the same script, only if it applies.
+        A final status deletes the job's inputs there and then (nothing can run it again), and
+        what it holds for its tenant becomes its snapshots and its result (`result_bytes`)."""
         token = json.dumps(run_token) if run_token is not None else ""
         event = status_event(fields["status"]) if "status" in fields else ""
         extra = json.dumps(also.commands) if also is not None and also.commands else ""
-        applied, old = self._transition(
-            keys=[job_key(job_id), events_key(job_id)],
-            args=[json.dumps(allowed), json.dumps(encode_fields(fields)), token, event, EVENTS_MAXLEN, self.ttl, extra],
-        )
+        ending = ""
+        if fields.get("status") in TERMINAL:
+            ending = json.dumps({"job": job_id, "result": result_bytes or 0, "expires": int(time.time()) + self.ttl})
+        args = [json.dumps(allowed), json.dumps(encode_fields(fields)), token, event, EVENTS_MAXLEN, self.ttl, extra]
+        applied, old = self._transition(keys=[job_key(job_id), events_key(job_id)], args=[*args, ending, self.layout])
         return bool(applied), (old.decode() if old else None)
 
     def claim(self, job_id: str, fields: dict[str, Any], run_token: str, lease_seconds: int) -> tuple[bool, str | None]:
-        """queued -> running for one run, with its lease, atomically; (claimed, old status)."""
-        first_run = fields.get("attempts") == 1
-        created_at = self.redis.hget(job_key(job_id), "created_at") if first_run else None
-        keys = [job_key(job_id), lease_key(job_id), RUNNING_KEY, QUEUE_KEY, events_key(job_id)]
+        """queued -> running of this job for one run, with its lease, atomically; (claimed, old status)."""
+        reply = self._claim_reply(job_id, fields, run_token, lease_seconds)
+        if reply[0] is None:
+            return False, (reply[1].decode() if reply[1] else None)
+        return True, "queued"
+
+    def claim_next(self, fields: dict[str, Any], run_token: str, lease_seconds: int) -> tuple[str, int] | None:
+        """queued -> running of the next job in fair order between tenants (worker/fair_queue.py)
+        for one run, with its lease; (its id, its attempt), or None when nothing is queued."""
+        reply = self._claim_reply("", fields, run_token, lease_seconds)
+        if reply[0] is None:
+            return None
+        return reply[0].decode(), int(reply[1])
+
+    def _claim_reply(self, job_id: str, fields: dict[str, Any], run_token: str, lease_seconds: int) -> list[Any]:
+        keys = [QUEUE_KEY, RUNNING_KEY, SERVED_KEY, SERVE_COUNTER_KEY]
         args = [
             job_id,
             json.dumps(encode_fields({**fields, "run_token": run_token})),
             json.dumps(run_token),
             lease_seconds,
-            status_event("running", attempt=fields.get("attempts")),
+            json.dumps(utc_now()),
             EVENTS_MAXLEN,
             self.ttl,
+            self.layout,
         ]
-        applied, old = self._claim(keys=keys, args=args)
-        if applied and first_run:
-            self._record_queue_wait(created_at)
-        return bool(applied), (old.decode() if old else None)
+        reply = list(self._claim(keys=keys, args=args))
+        if reply[0] is not None and int(reply[1]) == 1:  # a first start: how long it waited
+            self._record_queue_wait(reply[2])
+        return reply
 
     def _record_queue_wait(self, created_at: bytes | None) -> None:
         """Best effort: a metric that cannot be written must not undo a claim that was made."""
@@ -346,7 +422,8 @@ class JobStore:
             job_id = raw.decode()
             keys = [job_key(job_id), lease_key(job_id), RUNNING_KEY, QUEUE_KEY, events_key(job_id)]
             keys.append(telemetry.JOBS_TOTAL_KEY)
-            outcome = self._reap(keys=keys, args=[job_id, max_attempts, json.dumps(failed), *events]).decode()
+            args = [job_id, max_attempts, json.dumps(failed), *events, int(time.time()), self.layout]
+            outcome = self._reap(keys=keys, args=args).decode()
             if outcome in ("requeued", "failed"):
                 outcomes.append((job_id, outcome))
         return outcomes
@@ -397,6 +474,8 @@ class JobStore:
             json.dumps({"iteration": iteration}) if snapshot is not None else "",
             EVENTS_MAXLEN,
             self.ttl,
+            job_id,
+            self.layout,
         ]
         return bool(self._publish(keys=keys, args=args))
 
@@ -425,7 +504,8 @@ class JobStore:
             counters.incr(completions_key(job_id))
             counters.expire(completions_key(job_id), self.ttl)
         telemetry.record_job_final(counters, status, telemetry.seconds_since(started_at))
-        applied, _ = self.transition(job_id, ["running"], final, run_token, also=counters)
+        result_bytes = len(result_png) if result_png is not None else 0
+        applied, _ = self.transition(job_id, ["running"], final, run_token, also=counters, result_bytes=result_bytes)
         if applied:
             pipe = self.redis.pipeline(transaction=True)
             pipe.srem(RUNNING_KEY, job_id)
@@ -441,9 +521,8 @@ class JobStore:
         record = self.get(job_id)
         if record is None:
             return
-        keys = [job_key(job_id), content_key(job_id), result_key(job_id), events_key(job_id), losses_key(job_id)]
-        keys += [style_key(job_id, i) for i in range(record.style_count)]
-        keys += [snapshot_key(job_id, i) for i in record.snapshots]
+        keys = [job_key(job_id), result_key(job_id), events_key(job_id), losses_key(job_id)]
+        keys += [snapshot_key(job_id, i) for i in record.snapshots]  # its inputs went when it ended
         pipe = self.redis.pipeline(transaction=False)
         for key in keys:
             pipe.expire(key, self.ttl)
@@ -462,6 +541,8 @@ class JobStore:
             status_event("running", cancel_requested=True),
             EVENTS_MAXLEN,
             self.ttl,
+            int(time.time()),
+            self.layout,
         ]
         outcome, old = self._cancel(keys=keys, args=args)
         return outcome.decode(), (old.decode() if old else None)

@@ -37,12 +37,17 @@ def backoff_seconds(failures: int) -> float:
     return min(MAX_BACKOFF_SECONDS, 2.0 ** max(0, failures - 1))
 
 
-def _die_with_parent() -> None:
-    """In the child, before exec: Linux sends it SIGTERM if `nst up` itself dies (even SIGKILL'd),
-    so no worker or API outlives it."""
-    if sys.platform.startswith("linux"):
-        with contextlib.suppress(OSError, AttributeError):
-            ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
+def die_with_parent(death_signal: signal.Signals) -> Callable[[], None]:
+    """What the child runs before exec: Linux sends it `death_signal` when `nst up` dies, even by
+    SIGKILL. (It fires when the thread that started the child ends: the supervisor starts every
+    child from its main thread, which lives as long as `nst up`.)"""
+
+    def in_child() -> None:
+        if sys.platform.startswith("linux"):
+            with contextlib.suppress(OSError, AttributeError):
+                ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, int(death_signal))
+
+    return in_child
 
 
 @dataclass
@@ -53,6 +58,11 @@ class Child:
     command: list[str]
     env: dict[str, str]
     stop_order: int = 0  # stop_all stops lower numbers first, equal numbers together
+    # What the child gets if `nst up` dies without stopping it. SIGTERM lets Redis and the API end
+    # cleanly in a moment; a Celery worker answers SIGTERM with a warm shutdown that waits for
+    # its running job (minutes, with no Redis to report to), so workers get SIGKILL: their job's
+    # lease lapses and it resumes from its checkpoint once the stack is back.
+    death_signal: signal.Signals = signal.SIGTERM
     process: subprocess.Popen[bytes] | None = None
     started_at: float = 0.0
     failures: int = 0  # exits in a row, each after less than STABLE_SECONDS
@@ -63,7 +73,9 @@ class Child:
     def start(self, now: float) -> None:
         # A process group of its own: the terminal's Ctrl-C reaches `nst up` alone, which then
         # stops the children in order (API, workers, Redis) instead of all at once.
-        self.process = subprocess.Popen(self.command, env=self.env, preexec_fn=_die_with_parent, process_group=0)
+        self.process = subprocess.Popen(
+            self.command, env=self.env, preexec_fn=die_with_parent(self.death_signal), process_group=0
+        )
         self.started_at = now
         self.restart_at = None
 

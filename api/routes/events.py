@@ -13,7 +13,7 @@ from fastapi.responses import Response, StreamingResponse
 from api.auth import CallerDep
 from api.deps import HubDep, ReaderDep, SettingsDep, load_record
 from api.event_hub import OVERFLOW, ZERO_ID, Event, EventHub, build_events, id_key, parse_event_id, sse
-from api.openapi import UNAVAILABLE, problems
+from api.openapi import UNAVAILABLE, event_stream_content, problems
 from api.problems import not_found
 from api.reader import JobReader
 from api.schemas import LossHistory
@@ -37,7 +37,7 @@ Comment lines (`: keep-alive`) come every 15 s when nothing else does."""
     operation_id="job_events",
     response_class=StreamingResponse,
     responses={
-        200: {"description": EVENTS_DOC, "content": {"text/event-stream": {"schema": {"type": "string"}}}},
+        200: {"description": EVENTS_DOC, "content": event_stream_content("one Server-Sent Event")},
         204: {"description": "the job has ended and Last-Event-ID names its last event: nothing more will come"},
     }
     | problems(e404="no such job", e503=UNAVAILABLE),

@@ -33,7 +33,7 @@ async def get_snapshot(job_id: str, iteration: str, reader: ReaderDep, request: 
         if not snapshots:
             raise Problem(404, "not-found", "Not found", "the job has no snapshot yet")
         number = snapshots[-1]
-    elif iteration.isdigit() and len(iteration) <= 6 and int(iteration) in snapshots:
+    elif iteration.isascii() and iteration.isdigit() and len(iteration) <= 6 and int(iteration) in snapshots:
         number = int(iteration)
     else:
         raise Problem(404, "not-found", "Not found", f"no snapshot {iteration[:20]!r} for this job")

@@ -16,10 +16,11 @@ from starlette.datastructures import UploadFile
 
 from api.admission import admit
 from api.auth import CallerDep, authenticate
+from api.decode_budget import PixelBudget
 from api.deps import CeleryDep, ReaderDep, SettingsDep, StoreDep
 from api.direct_route import DirectRoute
 from api.multipart import form_files, form_text, read_job_form
-from api.openapi import SUBMIT_BODY, UNAVAILABLE, problems
+from api.openapi import SUBMIT_BODY, UNAVAILABLE, job_links, problems
 from api.problems import Problem, not_found, validation_problem
 from api.reader import JobReader
 from api.schemas import JobList, JobPublic
@@ -27,10 +28,10 @@ from api.uploads import check_image, parse_params, read_upload
 from api.views import job_url, job_view
 from api.webhook_form import WebhookRequest, check_webhook, read_webhook_fields
 from worker.celery_app import QUEUE_NAME, TASK_NAME
-from worker.keys import JobRecord, is_job_id, new_job_id, utc_now
+from worker.keys import JobRecord, is_job_id, new_job_id, tenant_of, utc_now
 from worker.settings import Settings
 from worker.state import JobStore
-from worker.tenancy import ActiveJobs
+from worker.tenancy import Limits, Refusal, TenantLimits
 from worker.webhooks import announce
 
 log = logging.getLogger(__name__)
@@ -68,7 +69,7 @@ def view_of(record: JobRecord, store: JobStore) -> dict[str, Any]:
     status_code=202,
     operation_id="submit_job",
     response_model=JobPublic,
-    responses={202: {"description": "queued", "headers": LOCATION}}
+    responses={202: {"description": "queued", "headers": LOCATION, "links": job_links("$response.body#/id")}}
     | problems(
         e413="an upload, a field or the whole request is too large",
         e415="the body is not multipart/form-data, or an upload is not an image",
@@ -83,6 +84,12 @@ async def submit_job(
     request: Request, store: StoreDep, settings: SettingsDep, celery: CeleryDep, caller: CallerDep
 ) -> Response:
     """Queue a style transfer job; answers 202 with the job and its URL in Location."""
+    limits: TenantLimits = request.app.state.tenant_limits
+    # A tenant over a limit is told before its upload is read (the limits are taken for good, with
+    # the job's own bytes, once the upload is checked).
+    refusal = await run_in_threadpool(limits.check, tenant_of(caller))
+    if refusal is not None:
+        raise limit_problem(refusal, limits.limits, caller is not None)
     form = await read_job_form(request, settings)
     try:
         contents = form_files(form, "content")
@@ -100,9 +107,11 @@ async def submit_job(
                 413, "too-many-parts", "Request too large", f"at most {settings.max_styles} style images per job"
             )
         # Decoding and Redis are blocking work: off the event loop.
+        budget = request.app.state.decode_budget
         record = await run_in_threadpool(
-            accept_job, store, settings, celery, contents[0], styles, params, hook, owner=caller
-        )
+            accept_job, store, settings, celery, contents[0], styles, params, hook,
+            owner=caller, budget=budget, limits=limits,
+        )  # fmt: skip
         job = await run_in_threadpool(view_of, record, store)
     finally:
         await form.close()
@@ -118,18 +127,22 @@ def accept_job(
     params: str | None,
     hook: WebhookRequest | None = None,
     owner: str | None = None,
+    budget: PixelBudget | None = None,
+    limits: TenantLimits | None = None,
 ) -> JobRecord:
     """Check everything, store the job and its inputs, then queue it; nothing is kept on error.
     `owner`: the id of the caller's API key (None without keys), to whom the job belongs."""
+    budget = budget or PixelBudget(settings.decode_pixel_budget, settings.decode_wait_seconds)
+    limits = limits or tenant_limits(store, settings)
     job_params = parse_params(params, len(styles), settings)
     webhook = check_webhook(hook or WebhookRequest(), settings)
     content_bytes = read_upload(content, "content")
-    width, height = check_image(content_bytes, "content", settings)
+    width, height = check_image(content_bytes, "content", settings, budget)
     style_bytes = []
     for index, upload in enumerate(styles):
         field = "style" if len(styles) == 1 else f"style[{index}]"
         data = read_upload(upload, field)
-        check_image(data, field, settings)
+        check_image(data, field, settings, budget)
         style_bytes.append(data)
     admit(store, settings, job_params, (height, width))
     if store.queued_count() >= settings.max_queued_jobs:
@@ -141,16 +154,20 @@ def accept_job(
         id=new_job_id(), created_at=utc_now(), params=job_params.model_dump(), style_count=len(styles),
         owner=owner, **webhook,
     )  # fmt: skip
-    limit = settings.max_active_jobs_per_key if owner is not None else None
-    if owner is not None and limit is not None:
-        take_active_place(store, owner, record.id, limit)
-    record = store.create(record, content_bytes, style_bytes)
+    tenant = tenant_of(owner)
+    refusal = limits.admit(tenant, record.id, len(content_bytes) + sum(len(style) for style in style_bytes))
+    if refusal is not None:
+        raise limit_problem(refusal, limits.limits, owner is not None)
+    try:
+        record = store.create(record, content_bytes, style_bytes)
+    except BaseException:
+        limits.release(tenant, record.id)
+        raise
     try:
         celery.send_task(TASK_NAME, args=[record.id], task_id=record.id, queue=QUEUE_NAME)
     except OperationalError as exc:
         store.forget(record.id, record.style_count, owner)
-        if owner is not None and limit is not None:
-            ActiveJobs(store.redis, store.ttl).release(owner, record.id)
+        limits.release(tenant, record.id)
         log.error("could not queue job %s: %s", record.id, exc)
         raise Problem(
             503, "unavailable", "Service unavailable", "the job queue is not answering; try again",
@@ -159,22 +176,45 @@ def accept_job(
     return record
 
 
-def take_active_place(store: JobStore, owner: str, job_id: str, limit: int) -> None:
-    """One of the key's NST_MAX_ACTIVE_JOBS_PER_KEY (`limit`) places for the job, or 429."""
-    active = ActiveJobs(store.redis, store.ttl).reserve(owner, job_id, limit)
-    if active is not None:
-        raise Problem(
+def tenant_limits(store: JobStore, settings: Settings) -> TenantLimits:
+    """The per-key limits of the settings, kept in the job store's Redis."""
+    limits = Limits(
+        settings.max_active_jobs_per_key, settings.max_submissions_per_minute, settings.max_stored_bytes_per_key
+    )
+    return TenantLimits(store.redis, store.ttl, limits)
+
+
+def limit_problem(refusal: Refusal, limits: Limits, keyed: bool) -> Problem:
+    """429 for the limit that refused a submission, with the figures and when to retry."""
+    who = "this API key" if keyed else "this service (it has no API keys: every client shares its limits)"
+    retry = {"Retry-After": str(refusal.retry_after)}
+    if refusal.limit == "active":
+        return Problem(
             429, "too-many-active-jobs", "Too many active jobs",
-            f"this API key has {active} jobs queued or running, the most it may; try again once one has ended",
-            headers={"Retry-After": "30"}, active_jobs=active, limit=limit,
+            f"{who} has {refusal.value} jobs queued or running, the most it may; try again once one has ended",
+            headers=retry, active_jobs=refusal.value, limit=limits.active_jobs,
         )  # fmt: skip
+    if refusal.limit == "submissions":
+        return Problem(
+            429, "too-many-submissions", "Too many submissions",
+            f"{who} has had {refusal.value} jobs accepted this minute, the most it may; try again in "
+            f"{refusal.retry_after} s",
+            headers=retry, submissions=refusal.value, limit=limits.submissions_per_minute,
+        )  # fmt: skip
+    return Problem(
+        429, "too-much-stored", "Too much stored",
+        f"{who}'s jobs hold {refusal.value} bytes, and may hold at most {limits.stored_bytes} with this job's "
+        "uploads; try again once some have expired",
+        headers=retry, stored_bytes=refusal.value, limit=limits.stored_bytes,
+    )  # fmt: skip
 
 
 @router.get(
     "",
     operation_id="list_jobs",
     response_model=JobList,
-    responses=problems(e422="a bad limit or cursor", e503=UNAVAILABLE),
+    responses={200: {"description": "a page of jobs", "links": job_links("$response.body#/items/0/id")}}
+    | problems(e422="a bad limit or cursor", e503=UNAVAILABLE),
 )
 async def list_jobs(
     reader: ReaderDep,

@@ -4,17 +4,20 @@ work offline), a page for each problem type, and the parameter schema the page b
 from __future__ import annotations
 
 import html
+import re
 from pathlib import Path
 from typing import Any
 
-from fastapi import APIRouter, FastAPI
+from fastapi import APIRouter, FastAPI, Request
 from fastapi.openapi.docs import get_redoc_html, get_swagger_ui_html
-from fastapi.responses import FileResponse, HTMLResponse
+from fastapi.responses import FileResponse, HTMLResponse, JSONResponse
 from fastapi.staticfiles import StaticFiles
 
 from api.deps import SettingsDep
+from api.openapi import OPENAPI_31_URL, as_openapi_31
 from api.problems import not_found
 from api.schemas import ParameterSchema, UploadLimits
+from api.security import PAGE_CSP, inline_hashes
 from core.params import StyleParams
 from worker.problem_types import PROBLEM_TYPES
 
@@ -28,14 +31,26 @@ def mount_static(app: FastAPI) -> None:
     app.mount(STATIC, StaticFiles(directory=WEB_DIR), name="static")
 
 
+PAGE_HEADERS = {"Content-Security-Policy": PAGE_CSP}
+
+
 @router.get("/", include_in_schema=False)
 async def index() -> FileResponse:
-    return FileResponse(WEB_DIR / "index.html", headers={"Cache-Control": "no-cache"})
+    return FileResponse(WEB_DIR / "index.html", headers={"Cache-Control": "no-cache"} | PAGE_HEADERS)
+
+
+def with_inline_csp(page: HTMLResponse, extra: str = "") -> HTMLResponse:
+    """The page's CSP, allowing exactly its own inline scripts and styles (by hash) and `extra`."""
+    html = bytes(page.body).decode()
+    scripts, styles = inline_hashes(html, "script"), inline_hashes(html, "style")
+    policy = f"{PAGE_CSP}; script-src 'self' {scripts}; style-src 'self' {styles}{extra}"
+    page.headers["Content-Security-Policy"] = policy
+    return page
 
 
 @router.get("/docs", include_in_schema=False)
 async def swagger_ui() -> HTMLResponse:
-    return get_swagger_ui_html(
+    page = get_swagger_ui_html(
         openapi_url="/openapi.json",
         title="neural-style-service: API",
         swagger_js_url=f"{STATIC}/vendor/swagger-ui-bundle.js",
@@ -43,17 +58,29 @@ async def swagger_ui() -> HTMLResponse:
         swagger_favicon_url=f"{STATIC}/favicon.png",
         swagger_ui_parameters={"validatorUrl": None},  # its badge would call validator.swagger.io
     )
+    return with_inline_csp(page)
 
 
 @router.get("/redoc", include_in_schema=False)
 async def redoc() -> HTMLResponse:
-    return get_redoc_html(
+    page = get_redoc_html(
         openapi_url="/openapi.json",
         title="neural-style-service: API",
         redoc_js_url=f"{STATIC}/vendor/redoc.standalone.js",
         redoc_favicon_url=f"{STATIC}/favicon.png",
         with_google_fonts=False,
     )
+    # ReDoc writes its styles into <style> elements as it renders, and searches in a blob: worker.
+    page = with_inline_csp(page, "; worker-src blob:")
+    policy = page.headers["Content-Security-Policy"]
+    page.headers["Content-Security-Policy"] = re.sub(r"style-src [^;]*", "style-src 'self' 'unsafe-inline'", policy)
+    return page
+
+
+@router.get(OPENAPI_31_URL, include_in_schema=False)
+async def openapi_31(request: Request) -> JSONResponse:
+    """/openapi.json in OpenAPI 3.1, for client generators that do not read 3.2 yet."""
+    return JSONResponse(as_openapi_31(request.app.openapi()))
 
 
 PROBLEM_PAGE = """<!doctype html>
@@ -80,7 +107,7 @@ async def problem_type(kind: str) -> HTMLResponse:
         description=html.escape(known.description),
         static=STATIC,
     )
-    return HTMLResponse(page)
+    return HTMLResponse(page, headers=PAGE_HEADERS)
 
 
 def parameter_schema(max_iterations: int, max_side: int) -> dict[str, Any]:
