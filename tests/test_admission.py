@@ -9,6 +9,7 @@ import pytest
 from PIL import Image
 
 from api.admission import admit
+from api.decode_budget import PixelBudget
 from api.problems import Problem
 from api.uploads import check_image
 from core.memory import estimate_bytes
@@ -22,7 +23,7 @@ def test_the_planned_size_is_the_upright_one_the_worker_sees() -> None:
     exif[0x0112] = 6
     buffer = io.BytesIO()
     Image.new("RGB", (40, 30), (90, 120, 150)).save(buffer, "JPEG", exif=exif.tobytes())
-    assert check_image(buffer.getvalue(), "content", Settings()) == (30, 40)
+    assert check_image(buffer.getvalue(), "content", Settings(), PixelBudget(10**6, 1)) == (30, 40)
 
 
 class Reports:

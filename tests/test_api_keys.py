@@ -23,7 +23,7 @@ from api.keys_file import KeyRing, KeysFileError, add_key, hash_key, read_keys, 
 from core.cli import main
 from tests.conftest import ROOT, SAMPLES
 from tests.services import Service, is_final, poll, serve, submit
-from worker.tenancy import ActiveJobs
+from worker.tenancy import Limits, TenantLimits
 
 COFFEE = SAMPLES / "coffee.png"
 STARRY = SAMPLES / "starry_night.jpg"
@@ -293,20 +293,22 @@ def test_past_the_per_key_limit_a_submission_is_429_with_retry_after(
 
 
 def test_concurrent_submissions_cannot_pass_the_limit_together(service: Service) -> None:
-    places = ActiveJobs(redis.Redis.from_url(service.redis_url), ttl_seconds=600)
+    places = TenantLimits(redis.Redis.from_url(service.redis_url), 600, Limits(3, 1000, 10**9))
     results: list[int | None] = []
     start = threading.Barrier(12)
 
     def take(index: int) -> None:
         start.wait()
-        results.append(places.reserve("k-concurrent", f"{index:032x}", 3))
+        refusal = places.admit("k-concurrent", f"{index:032x}", 10)
+        results.append(None if refusal is None else refusal.value)
 
     threads = [threading.Thread(target=take, args=(i,)) for i in range(12)]
     for thread in threads:
         thread.start()
     for thread in threads:
         thread.join()
-    assert results.count(None) == 3 and places.count("k-concurrent") == 3
+    assert results.count(None) == 3 and places.active_jobs("k-concurrent") == 3
+    assert places.held_bytes("k-concurrent") == 30
     assert all(result == 3 for result in results if result is not None)
 
 

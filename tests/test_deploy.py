@@ -82,6 +82,7 @@ def test_compose_file_is_valid_and_reserves_a_gpu_per_worker() -> None:
     assert "driver: nvidia" in config and "capabilities:" in config and "gpu" in config
     assert "appendonly" in config and "service_healthy" in config and "Dockerfile.worker" in config
     assert "webhooks" in config  # the deliverer of webhooks runs beside the API
+    assert "host_ip: 127.0.0.1" in config or "127.0.0.1:8000:8000" in config  # published on loopback only
 
 
 def test_api_image_commands_work_in_a_fresh_venv_without_torch(

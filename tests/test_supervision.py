@@ -207,3 +207,71 @@ def test_under_nst_up_a_worker_killed_mid_job_is_replaced_and_its_job_finishes_o
     assert up.returncode == 0, log_path.read_text()
     leftovers = subprocess.run(["pgrep", "-s", str(up.pid)], capture_output=True, text=True).stdout.split()
     assert leftovers == [], "nst up left processes behind"
+
+
+def session_processes(session: int) -> list[str]:
+    """The command lines of the processes of a session (nst up's, started with start_new_session)."""
+    found = subprocess.run(["pgrep", "-a", "-s", str(session)], capture_output=True, text=True).stdout
+    return [line for line in found.splitlines() if line.strip()]
+
+
+def test_a_sigkilled_nst_up_leaves_no_child_behind_and_its_job_resumes_when_it_is_back(tmp_path: Path) -> None:
+    """The OOM killer, `kill -9` or a service manager's stop time-out end `nst up` without a word
+    to its children: each must end by itself within moments (a worker mid-job too), and the job
+    resumes from its checkpoint once the stack is started again."""
+    port = free_port()
+    env = os.environ | {
+        "NST_VGG_WEIGHTS": "random",
+        "NST_DEVICE": "cpu",
+        "NST_WORKER_HEARTBEAT_SECONDS": "1",
+        "NST_LEASE_SECONDS": "3",
+        "NST_CHECKPOINT_EVERY": "20",
+        "PYTHONUNBUFFERED": "1",
+    }
+    env.pop("NST_REDIS_URL", None)
+    data_dir = tmp_path / "data"
+    command = nst_command("up", "--port", str(port), "--data-dir", str(data_dir), "--workers", "1")
+    url = f"http://127.0.0.1:{port}"
+
+    def start(log_name: str) -> subprocess.Popen[bytes]:
+        with open(tmp_path / log_name, "wb") as log_file:
+            return subprocess.Popen(command, env=env, stdout=log_file, stderr=subprocess.STDOUT, start_new_session=True)
+
+    first = start("up1.log")
+    second = None
+    try:
+        wait_for_http(f"{url}/readyz", first, timeout=180)
+        with httpx.Client(base_url=url, timeout=30) as http:
+            job = submit(http, COFFEE, [STARRY], {"iterations": 20000, "height": 32, "width": 32}).json()
+            poll(http, job["id"], lambda j: j["progress"]["iteration"] >= 40, timeout=180)
+        assert worker_pids(first.pid), "no worker under nst up"
+        os.kill(first.pid, signal.SIGKILL)
+        first.wait()
+        deadline = time.monotonic() + 60  # "within a few seconds"; only a hang reaches this
+        while session_processes(first.pid) and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert session_processes(first.pid) == [], "children outlived nst up"
+
+        second = start("up2.log")  # the same data dir: the same Redis, the job still there
+        wait_for_http(f"{url}/readyz", second, timeout=180)
+        with httpx.Client(base_url=url, timeout=30) as http:
+            resumed = poll(http, job["id"], lambda j: j["status"] == "running" and j["progress"]["iteration"] > 40)
+            assert resumed["status"] == "running"
+            canceled = http.post(f"/jobs/{job['id']}/cancel")
+            assert canceled.status_code == 202
+            final = poll(http, job["id"], is_final, timeout=180)
+        assert final["status"] == "canceled"
+        worker_log = (tmp_path / "up2.log").read_text()
+        assert "resuming from the checkpoint" in worker_log and "attempt 2" in worker_log
+    finally:
+        for up in (first, second):
+            if up is not None and up.poll() is None:
+                up.send_signal(signal.SIGINT)
+                try:
+                    up.wait(timeout=60)
+                except subprocess.TimeoutExpired:
+                    os.killpg(up.pid, signal.SIGKILL)
+        for up in (first, second):
+            if up is not None:
+                for line in session_processes(up.pid):
+                    os.kill(int(line.split()[0]), signal.SIGKILL)
