@@ -108,7 +108,12 @@ def main() -> None:
     parser.add_argument("--submissions", type=int, default=500)
     parser.add_argument("--seconds", type=float, default=20)
     args = parser.parse_args()
-    env = {"NST_MAX_QUEUED_JOBS": str(args.submissions + 10)}
+    # One client submits everything: the per-key limits (the open service is one tenant) are lifted.
+    env = {
+        "NST_MAX_QUEUED_JOBS": str(args.submissions + 10),
+        "NST_MAX_ACTIVE_JOBS_PER_KEY": str(args.submissions + 10),
+        "NST_MAX_SUBMISSIONS_PER_MINUTE": str(args.submissions + 10),
+    }
     with tempfile.TemporaryDirectory() as tmp, serve(Path(tmp), env, workers=0) as service:
         assert service.api is not None
         before = rss_mib(service.api.pid)
