@@ -472,3 +472,28 @@ def test_a_client_that_leaves_mid_upload_is_neither_a_500_nor_a_traceback(
     assert 'route="/jobs",status="500"' not in metrics
     log = (open_service.root / "api.log").read_text()
     assert "Exception in ASGI application" not in log and "Traceback" not in log
+
+
+def test_jobs_an_earlier_version_queued_join_the_fair_queue_when_a_worker_starts(tmp_path: Path) -> None:
+    """An upgrade: the queue holds jobs written before tenant queues existed; a worker of this
+    version must still run them, at their place."""
+    from worker.keys import QUEUE_KEY, TENANTS_KEY, JobRecord, new_job_id, tenant_queue_key
+    from worker.local import free_port, start_redis, stop_processes
+    from worker.state import JobStore
+
+    port = free_port()
+    server = start_redis(port, tmp_path / "redis")
+    try:
+        store = JobStore.from_url(f"redis://127.0.0.1:{port}/0", 3600)
+        older, newer = (JobRecord(id=new_job_id(), params={"iterations": 5}, style_count=1) for _ in range(2))
+        for record in (older, newer):
+            store.create(record, b"content", [b"style"])
+        store.redis.delete(tenant_queue_key("open"), TENANTS_KEY)  # as an earlier version left them
+        assert store.claim_next({"status": "running"}, "token", 30) is None
+        assert store.adopt_queued() == 2 and store.adopt_queued() == 0
+        assert store.queue_position(older.id) == 1 and store.queue_position(newer.id) == 2
+        claimed = store.claim_next({"status": "running"}, "token", 30)
+        assert claimed == (older.id, 1)
+        assert store.redis.zrange(QUEUE_KEY, 0, -1) == [newer.id.encode()]
+    finally:
+        stop_processes([server])

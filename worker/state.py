@@ -211,6 +211,25 @@ return {'unchanged', status}
 """
 )
 
+# Jobs queued by a version without tenant queues join their tenant's queue at their place, so a
+# worker of this version runs them. KEYS: queue. ARGV: layout. Returns how many joined.
+_ADOPT = (
+    _PRELUDE
+    + """
+local adopted = 0
+local rows = redis.call('ZRANGE', KEYS[1], 0, -1, 'WITHSCORES')
+for i = 1, #rows, 2 do
+  local job = rows[i]
+  local tenant = tenant_of(job)
+  if not redis.call('ZSCORE', key('tenant_queue', tenant), job) then
+    enqueue(tenant, job, tonumber(rows[i + 1]))
+    adopted = adopted + 1
+  end
+end
+return adopted
+"""
+)
+
 # Take a job out of the queues (the broker refused it). KEYS: queue. ARGV: job id, layout.
 _DEQUEUE = (
     _PRELUDE
@@ -268,6 +287,7 @@ class JobStore:
         self._cancel = client.register_script(_CANCEL)
         self._publish = client.register_script(_PUBLISH)
         self._dequeue = client.register_script(_DEQUEUE)
+        self._adopt = client.register_script(_ADOPT)
         self._position = client.register_script(POSITION)
         self.layout = lua_layout()
 
@@ -299,6 +319,11 @@ class JobStore:
         self._emit(pipe, record.id, "status", status_event("queued"))
         pipe.execute()
         return record
+
+    def adopt_queued(self) -> int:
+        """Put jobs that an earlier version queued (without tenant queues) into their tenant's
+        queue; a worker does it as it starts. Returns how many there were."""
+        return int(self._adopt(keys=[QUEUE_KEY], args=[self.layout]))
 
     def queued_count(self) -> int:
         return int(self.redis.zcard(QUEUE_KEY))
