@@ -116,8 +116,14 @@ def install_problem_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(Exception)
     async def on_bug(request: Request, exc: Exception) -> JSONResponse:
-        # Starlette logs the traceback; the client gets a problem like every other error.
-        problem = Problem(500, "internal-error", "Internal error", "the server failed to answer; it has been logged")
+        # Starlette logs the traceback; the client gets a problem like every other error. This
+        # answer is made outside every middleware: it brings the security headers itself.
+        from api.security import ALL_SECURITY_HEADERS
+
+        problem = Problem(
+            500, "internal-error", "Internal error", "the server failed to answer; it has been logged",
+            headers=ALL_SECURITY_HEADERS,
+        )  # fmt: skip
         return problem_response(problem, request.url.path)
 
     @app.exception_handler(redis.RedisError)

@@ -40,6 +40,13 @@ SECURITY_HEADERS = (
     (b"referrer-policy", b"no-referrer"),
 )
 _CSP = b"content-security-policy"
+# For answers made outside this middleware (a 500, the server protocol's 408 and 431): all of them.
+ALL_SECURITY_HEADERS = {
+    name.decode(): value.decode() for name, value in (*SECURITY_HEADERS, (_CSP, DEFAULT_CSP.encode()))
+}
+SECURITY_HEADER_LINES = b"".join(
+    b"%s: %s\r\n" % (name.encode(), value.encode()) for name, value in ALL_SECURITY_HEADERS.items()
+)
 
 
 def inline_hashes(html: str, tag: str) -> str:
@@ -116,6 +123,7 @@ class RequestGuard:
         self.app = app
         self.hosts = HostRule(allowed_hosts)
         self.origins = {origin.strip().rstrip("/").lower() for origin in cors_origins if origin.strip()}
+        self.any_origin = "*" in self.origins  # NST_CORS_ORIGINS=*, as CORSMiddleware reads it
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -154,6 +162,8 @@ class RequestGuard:
 
     def _origin_allowed(self, origin: str, host: str | None) -> bool:
         origin = origin.strip()
+        if self.any_origin:
+            return True
         return (host is not None and same_origin(origin, host)) or origin.rstrip("/").lower() in self.origins
 
 

@@ -3,10 +3,13 @@ headers and the time they may take to arrive.
 
 uvicorn reads headers for as long and as large as a client sends them: four connections each
 sending an endless header held 460 MB, and a connection that sent half a header stayed open for
-good (slowloris). Here a request whose headers pass NST_MAX_HEADER_BYTES is answered 431, and a
-connection that has not sent complete headers NST_HEADER_TIMEOUT_SECONDS after it opened (or
-after its first byte of the next request) is answered 408; both then close. `nst api` runs with
-this class (`uvicorn --http api.server_protocol:GuardedHttpToolsProtocol` does the same).
+good (slowloris). Here a request whose headers pass NST_MAX_HEADER_BYTES is answered 431 (counted
+as they are parsed, and as raw bytes while they are incomplete, so the parser never buffers much
+more), and a connection that has not sent complete headers NST_HEADER_TIMEOUT_SECONDS after its
+first byte of a request is answered 408; both then close. A connection that sends nothing at all
+in that time is closed without an answer (a browser's preconnected socket must not read a 408 as
+the answer to the request it sends later). `nst api` runs with this class (`uvicorn --http
+api.server_protocol:GuardedHttpToolsProtocol` does the same).
 """
 
 from __future__ import annotations
@@ -16,9 +19,11 @@ import json
 import logging
 from typing import Any
 
+import httptools
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
 from api.problems import PROBLEM_MEDIA_TYPE
+from api.security import SECURITY_HEADER_LINES
 from worker.problem_types import problem_type_uri
 from worker.settings import get_settings
 
@@ -31,13 +36,14 @@ REASONS = {408: b"Request Timeout", 431: b"Request Header Fields Too Large"}
 def problem_answer(status: int, kind: str, title: str, detail: str) -> bytes:
     """A whole HTTP/1.1 answer with a problem+json body that closes the connection."""
     body = json.dumps({"type": problem_type_uri(kind), "title": title, "status": status, "detail": detail}).encode()
-    head = b"HTTP/1.1 %d %s\r\ncontent-type: %s\r\ncontent-length: %d\r\nconnection: close\r\n\r\n" % (
-        status,
-        REASONS[status],
-        PROBLEM_MEDIA_TYPE.encode(),
-        len(body),
-    )
+    head = b"HTTP/1.1 %d %s\r\n" % (status, REASONS[status])
+    head += b"content-type: %s\r\ncontent-length: %d\r\n" % (PROBLEM_MEDIA_TYPE.encode(), len(body))
+    head += b"connection: close\r\n" + SECURITY_HEADER_LINES + b"\r\n"
     return head + body
+
+
+class _Refused(Exception):
+    """Raised in a parser callback to stop parsing a request that was answered already."""
 
 
 class GuardedHttpToolsProtocol(HttpToolsProtocol):
@@ -49,8 +55,10 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
         self.max_header_bytes = settings.max_header_bytes
         self.header_timeout = settings.header_timeout_seconds
         self._awaiting_headers = True  # between requests and while a request's headers come in
-        self._header_bytes = 0
+        self._header_bytes = 0  # raw bytes received since the request began
+        self._parsed_header_bytes = 0  # its request line and headers, as parsed
         self._header_timer: asyncio.TimerHandle | None = None
+        self._refused = False
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         super().connection_made(transport)
@@ -61,27 +69,58 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
         super().connection_lost(exc)
 
     def data_received(self, data: bytes) -> None:
-        if not self._awaiting_headers:
-            super().data_received(data)
-            return
-        if self._header_timer is None:
-            self._arm_header_timer()  # the first byte of the next request on a kept-alive connection
-        self._header_bytes += len(data)
-        super().data_received(data)
+        if self._refused:
+            return  # answered and closing: the rest of what it sends is not read
+        if self._awaiting_headers:
+            if self._header_timer is None:
+                self._arm_header_timer()  # the first byte of the next request on a kept-alive connection
+            self._header_bytes += len(data)
+        self._feed(data)
         # Past the limit with the headers still incomplete: httptools would keep buffering them.
-        if self._awaiting_headers and self._header_bytes > self.max_header_bytes and not self.transport.is_closing():
+        if self._awaiting_headers and self._header_bytes > self.max_header_bytes and not self._refused:
             detail = f"the request's headers are larger than {self.max_header_bytes} bytes"
             self._refuse(431, "headers-too-large", "Request headers too large", detail)
+
+    def _feed(self, data: bytes) -> None:
+        """uvicorn's own data_received, but a request we stopped on purpose is not reported as an
+        invalid one."""
+        self._unset_keepalive_if_required()
+        try:
+            self.parser.feed_data(data)
+        except httptools.HttpParserError:
+            if self._refused:
+                return
+            msg = "Invalid HTTP request received."
+            self.logger.warning(msg)
+            self.send_400_response(msg)
+        except httptools.HttpParserUpgrade:
+            if self._should_upgrade():
+                self.handle_websocket_upgrade()
+            else:
+                self._unsupported_upgrade_warning()
+
+    def on_url(self, url: bytes) -> None:
+        self._parsed_header_bytes += len(url)
+        super().on_url(url)
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        self._parsed_header_bytes += len(name) + len(value) + 4  # ": " and CRLF
+        super().on_header(name, value)
 
     def on_headers_complete(self) -> None:
         self._awaiting_headers = False
         self._cancel_header_timer()
+        if self._parsed_header_bytes > self.max_header_bytes:  # came whole within one read
+            detail = f"the request's headers are larger than {self.max_header_bytes} bytes"
+            self._refuse(431, "headers-too-large", "Request headers too large", detail)
+            raise _Refused  # the request never reaches the app; uvicorn stops parsing
         super().on_headers_complete()
 
     def on_message_complete(self) -> None:
         super().on_message_complete()
         self._awaiting_headers = True  # the next request's headers count from zero
         self._header_bytes = 0
+        self._parsed_header_bytes = 0
 
     def _arm_header_timer(self) -> None:
         self._cancel_header_timer()
@@ -99,12 +138,19 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
         if self.cycle is not None and not self.cycle.response_complete:
             self._arm_header_timer()  # an answer is still being sent (an event stream): not idle
             return
+        if self._header_bytes == 0:
+            self.transport.close()  # it never asked anything: nothing to answer
+            return
         detail = f"the request's headers did not arrive within {self.header_timeout:g} s"
         self._refuse(408, "header-timeout", "Request header timeout", detail)
 
     def _refuse(self, status: int, kind: str, title: str, detail: str) -> None:
         client = f"{self.client[0]}:{self.client[1]}" if self.client else "a client"
         log.info("%s: %s; connection closed", client, detail)
+        self._refused = True
         self._cancel_header_timer()
-        self.transport.write(problem_answer(status, kind, title, detail))
+        # Mid-answer to an earlier request on this connection (pipelined), an answer would be cut
+        # into it: close only.
+        if self.cycle is None or self.cycle.response_complete:
+            self.transport.write(problem_answer(status, kind, title, detail))
         self.transport.close()

@@ -35,6 +35,7 @@ def check_image(data: bytes, field: str, settings: Settings, budget: PixelBudget
         with Image.open(io.BytesIO(data)) as header:
             width, height = header.size
             image_format = header.format
+            progressive = bool(header.info.get("progressive") or header.info.get("progression"))
     except Image.DecompressionBombError as exc:  # past Pillow's own limit, far above ours
         message = f"more pixels than the {settings.max_input_pixels} allowed"
         raise file_problem(413, "too-many-pixels", "Image too large", field, message) from exc
@@ -43,7 +44,7 @@ def check_image(data: bytes, field: str, settings: Settings, budget: PixelBudget
     if width * height > settings.max_input_pixels:
         message = f"{width}x{height} pixels is more than the {settings.max_input_pixels} allowed"
         raise file_problem(413, "too-many-pixels", "Image too large", field, message)
-    with budget.hold(decoded_pixels(width, height, image_format)):
+    with budget.hold(decoded_pixels(width, height, image_format, progressive)):
         try:
             return check_decodes(data)  # after EXIF rotation, as the worker sees it
         except InvalidImageError as exc:

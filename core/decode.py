@@ -59,8 +59,12 @@ def check_decodes(data: bytes) -> Size:
     return (height, width) if orientation in _QUARTER_TURNS else (width, height)
 
 
-def decoded_pixels(width: int, height: int, image_format: str | None) -> int:
-    """How many pixels check_decodes holds at once for an image of this size and format."""
+def decoded_pixels(width: int, height: int, image_format: str | None, progressive: bool = False) -> int:
+    """How many pixels' worth of memory (4 bytes each) check_decodes holds at once for an image of
+    this size and format. A progressive JPEG keeps every coefficient of the whole picture while it
+    decodes (2 bytes for each of 3 components a pixel), whatever the scale it outputs."""
+    if image_format == "JPEG" and progressive:
+        return width * height * 3 // 2
     if image_format == "JPEG":
         return -(-width // JPEG_CHECK_SCALE) * -(-height // JPEG_CHECK_SCALE)
     return width * height

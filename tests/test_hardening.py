@@ -389,7 +389,17 @@ def test_a_connection_that_sends_half_a_header_is_closed(open_service: Service) 
         answer = read_until_closed(sock)
     assert answer.startswith(b"HTTP/1.1 408") and b"/problems/header-timeout" in answer
     with socket.create_connection(("127.0.0.1", open_service.api_port), timeout=120) as sock:
-        assert read_until_closed(sock).startswith(b"HTTP/1.1 408")  # one that sends nothing at all
+        assert read_until_closed(sock) == b""  # one that sends nothing at all: closed, nothing to answer
+
+
+def test_headers_over_the_limit_that_arrive_whole_are_refused_too(open_service: Service) -> None:
+    with socket.create_connection(("127.0.0.1", open_service.api_port), timeout=120) as sock:
+        sock.sendall(b"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\nX-Big: " + b"a" * 100_000 + b"\r\n\r\n")
+        answer = read_until_closed(sock)
+    assert answer.startswith(b"HTTP/1.1 431") and answer.count(b"HTTP/1.1") == 1, answer[:300]
+    assert b"x-frame-options: DENY" in answer  # made by the server protocol, with the security headers
+    log = (open_service.root / "api.log").read_text()
+    assert "Invalid HTTP request received" not in log
 
 
 # -- 6. what a browser is told ---------------------------------------------------------------------
@@ -477,7 +487,7 @@ def test_a_client_that_leaves_mid_upload_is_neither_a_500_nor_a_traceback(
 def test_jobs_an_earlier_version_queued_join_the_fair_queue_when_a_worker_starts(tmp_path: Path) -> None:
     """An upgrade: the queue holds jobs written before tenant queues existed; a worker of this
     version must still run them, at their place."""
-    from worker.keys import QUEUE_KEY, TENANTS_KEY, JobRecord, new_job_id, tenant_queue_key
+    from worker.keys import OPEN_TENANT, QUEUE_KEY, TENANTS_KEY, JobRecord, new_job_id, tenant_queue_key
     from worker.local import free_port, start_redis, stop_processes
     from worker.state import JobStore
 
@@ -488,7 +498,7 @@ def test_jobs_an_earlier_version_queued_join_the_fair_queue_when_a_worker_starts
         older, newer = (JobRecord(id=new_job_id(), params={"iterations": 5}, style_count=1) for _ in range(2))
         for record in (older, newer):
             store.create(record, b"content", [b"style"])
-        store.redis.delete(tenant_queue_key("open"), TENANTS_KEY)  # as an earlier version left them
+        store.redis.delete(tenant_queue_key(OPEN_TENANT), TENANTS_KEY)  # as an earlier version left them
         assert store.claim_next({"status": "running"}, "token", 30) is None
         assert store.adopt_queued() == 2 and store.adopt_queued() == 0
         assert store.queue_position(older.id) == 1 and store.queue_position(newer.id) == 2
@@ -497,3 +507,102 @@ def test_jobs_an_earlier_version_queued_join_the_fair_queue_when_a_worker_starts
         assert store.redis.zrange(QUEUE_KEY, 0, -1) == [newer.id.encode()]
     finally:
         stop_processes([server])
+
+
+# -- what must hold when a call to Redis is made twice (its reply lost), and other edges -----------
+
+
+@pytest.fixture(scope="module")
+def bare_redis(tmp_path_factory: pytest.TempPathFactory) -> Iterator[redis.Redis]:
+    from worker.local import free_port, start_redis, stop_processes
+
+    port = free_port()
+    server = start_redis(port, tmp_path_factory.mktemp("bare-redis"))
+    try:
+        yield redis.Redis(port=port)
+    finally:
+        stop_processes([server])
+
+
+@pytest.fixture
+def empty_redis(bare_redis: redis.Redis) -> redis.Redis:
+    bare_redis.flushall()
+    return bare_redis
+
+
+def test_admitting_the_same_job_twice_takes_its_bytes_and_place_once(empty_redis: redis.Redis) -> None:
+    limits = TenantLimits(empty_redis, 3600, Limits(5, 100, 10_000))
+    assert limits.admit("k-replay", "a" * 32, 1000) is None
+    assert limits.admit("k-replay", "a" * 32, 1000) is None  # the same call again
+    assert limits.held_bytes("k-replay") == 1000 and limits.active_jobs("k-replay") == 1
+
+
+def test_a_claim_or_a_finish_made_twice_changes_nothing_the_second_time(empty_redis: redis.Redis) -> None:
+    from worker.keys import JobRecord, checkpoint_key, new_job_id, result_key
+    from worker.state import JobStore
+
+    store = JobStore(empty_redis, 3600)
+    first, second = (JobRecord(id=new_job_id(), params={"iterations": 5}, style_count=1) for _ in range(2))
+    for record in (first, second):
+        store.create(record, b"content", [b"style"])
+    claimed = store.claim_next({"status": "running"}, "token-1", 30)
+    assert claimed == (first.id, 1)
+    assert store.claim_next({"status": "running"}, "token-1", 30) == claimed  # not the second job
+    assert store.get(second.id).status == "queued"  # type: ignore[union-attr]
+    store.save_checkpoint(first.id, b"state")
+    assert store.finish(first.id, "succeeded", {}, "token-1", b"picture")
+    assert store.finish(first.id, "succeeded", {}, "token-1", b"picture")  # its own finish, again
+    assert empty_redis.get(result_key(first.id)) == b"picture"
+    assert not empty_redis.exists(checkpoint_key(first.id)) and inputs_present(empty_redis, first.id) == [False, False]
+    assert not store.finish(first.id, "succeeded", {}, "another run", b"other")  # not another run's
+    assert empty_redis.get(result_key(first.id)) == b"picture"
+
+
+def test_a_stale_id_at_the_head_of_a_queue_holds_back_no_job(empty_redis: redis.Redis) -> None:
+    from worker.keys import OPEN_TENANT, QUEUE_KEY, JobRecord, new_job_id, tenant_queue_key
+    from worker.state import JobStore
+
+    store = JobStore(empty_redis, 3600)
+    waiting = JobRecord(id=new_job_id(), params={"iterations": 5}, style_count=1)
+    store.create(waiting, b"content", [b"style"])
+    stale = [f"{index:032x}" for index in range(300)]  # ids whose jobs expired, ahead of it
+    empty_redis.zadd(tenant_queue_key(OPEN_TENANT), {job_id: -1 for job_id in stale})
+    empty_redis.zadd(QUEUE_KEY, {job_id: -1 for job_id in stale})
+    assert store.claim_next({"status": "running"}, "token-2", 30) == (waiting.id, 1)
+    assert empty_redis.zcard(QUEUE_KEY) == 0 and empty_redis.zcard(tenant_queue_key(OPEN_TENANT)) == 0
+
+
+def test_a_progressive_jpeg_is_charged_all_its_pixels() -> None:
+    from core.decode import decoded_pixels
+
+    assert decoded_pixels(8000, 5000, "JPEG") == 1000 * 625
+    assert decoded_pixels(8000, 5000, "JPEG", progressive=True) == 8000 * 5000 * 3 // 2
+    assert decoded_pixels(8000, 5000, "PNG") == 8000 * 5000
+
+
+def test_any_origin_allowed_by_cors_may_change_things_too() -> None:
+    import asyncio
+
+    from starlette.applications import Starlette
+    from starlette.responses import PlainTextResponse
+    from starlette.routing import Route
+
+    from api.security import RequestGuard
+
+    async def ok(request: Any) -> PlainTextResponse:
+        return PlainTextResponse("ok")
+
+    def status(origins: list[str], origin: str) -> int:
+        app = RequestGuard(Starlette(routes=[Route("/", ok, methods=["POST"])]), [], origins)
+
+        async def call() -> int:
+            transport = httpx.ASGITransport(app=app)
+            async with httpx.AsyncClient(transport=transport, base_url="http://127.0.0.1:8000") as client:
+                return (await client.post("/", headers={"Origin": origin})).status_code
+
+        return asyncio.run(call())
+
+    assert status(["*"], "http://anywhere.example") == 200
+    assert status(["http://front.example"], "http://anywhere.example") == 403
+    assert status(["http://front.example/"], "http://FRONT.example") == 200
+    assert status([], "https://127.0.0.1:8000") == 200  # TLS ended at a proxy: the scheme may differ

@@ -54,9 +54,13 @@ def run_worker(args: argparse.Namespace, stderr: TextIO) -> None:
     from worker.warmup import warm_up
 
     context = worker_context()
-    adopted = context.store.adopt_queued()  # jobs an earlier version queued: into the fair queue
-    if adopted:
-        log.info("%d queued jobs of an earlier version joined the fair queue", adopted)
+    try:
+        adopted = context.store.adopt_queued()  # jobs an earlier version queued: into the fair queue
+    except Exception as exc:  # Redis not up yet: their own messages run them meanwhile
+        log.warning("could not look for jobs an earlier version queued: %s", exc)
+    else:
+        if adopted:
+            log.info("%d queued jobs of an earlier version joined the fair queue", adopted)
     # Weights load once per process, before the first job: a bad NST_VGG_WEIGHTS stops the
     # worker here with its message instead of failing every job.
     warm_up(context.settings.device)

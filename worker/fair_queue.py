@@ -18,6 +18,12 @@ TENANCY_LUA = """
 local layout = cjson.decode(ARGV[#ARGV])
 local function key(name, ...) return string.format(layout[name], ...) end
 
+-- Redis's own clock: the same for every host that runs these scripts.
+local function now()
+  local time = redis.call('TIME')
+  return tonumber(time[1])
+end
+
 local function tenant_of(job)
   local owner = redis.call('HGET', key('job', job), 'owner')
   if owner then
@@ -58,17 +64,18 @@ local function settle(job, tenant, delta, expires)
   end
 end
 
--- A job has reached a final status: no run can need its inputs any more. They go now; what it
--- holds from here is its snapshots and `result` bytes, until `expires` (its keys' new expiry).
-local function ended(job, result, expires)
+-- A job has reached a final status: no run can need its inputs, checkpoint or lease any more.
+-- They go now; what it holds from here is its snapshots and `result` bytes, for `ttl` seconds
+-- (its keys' new expiry).
+local function ended(job, result, ttl)
   local hash = key('job', job)
   local count = tonumber(redis.call('HGET', hash, 'style_count') or '0')
-  local inputs = {key('content', job)}
-  for i = 0, count - 1 do inputs[#inputs + 1] = key('style', job, i) end
-  redis.call('DEL', unpack(inputs))
+  local gone = {key('content', job), key('checkpoint', job), key('lease', job)}
+  for i = 0, count - 1 do gone[#gone + 1] = key('style', job, i) end
+  redis.call('DEL', unpack(gone))
   local dropped = tonumber(redis.call('HGET', hash, 'input_bytes') or '0')
   redis.call('HSET', hash, 'input_bytes', '0')
-  settle(job, tenant_of(job), result - dropped, expires)
+  settle(job, tenant_of(job), result - dropped, now() + ttl)
 end
 
 local function running_by_tenant(running_set)
@@ -103,10 +110,12 @@ end
 """
 
 # The next job in fair order, without taking it. KEYS: running set, served hash. Returns the job
-# id, or false when nothing is queued. Queues left behind by expired jobs are cleaned on the way.
+# id, or false when nothing is queued. Ids left behind by expired jobs (or by a worker of an
+# earlier version, which takes a job out of the global queue only) leave the queues on the way:
+# each round removes one, so the loop ends.
 NEXT_JOB_LUA = """
 local function next_job(running_set, served)
-  for _ = 1, 100 do
+  while true do
     local order = serving_order(running_set, served)
     if #order == 0 then return false end
     local tenant = order[1].tenant
@@ -115,12 +124,12 @@ local function next_job(running_set, served)
     if #first == 0 then
       redis.call('ZREM', layout.tenants, tenant)
     elseif redis.call('HGET', key('job', first[1]), 'status') ~= '"queued"' then
-      dequeue(tenant, first[1])  -- expired, or finished without leaving its queue (an older version)
+      dequeue(tenant, first[1])
+      redis.call('ZREM', layout.queue, first[1])
     else
       return first[1]
     end
   end
-  return false
 end
 """
 

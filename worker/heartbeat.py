@@ -28,6 +28,7 @@ def beat_once(context: WorkerContext) -> None:
             get_celery_app().send_task(TASK_NAME, args=[job_id], task_id=job_id, queue=QUEUE_NAME)
         else:
             log.warning("job %s: its worker stopped %d times; failed", job_id, settings.max_attempts)
+            store.refresh_expiry(job_id)  # kept NST_JOB_TTL_SECONDS from its end, as every ended job
             announce(store, job_id, "completed", settings=settings)
 
 

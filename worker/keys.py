@@ -37,7 +37,7 @@ WORKER_INFO_KEY = f"{PREFIX}:worker-info"
 # Fair sharing between tenants (worker/fair_queue.py). A tenant is an API key's id, or OPEN_TENANT
 # for every job of a service without keys. Each tenant has its own queue of job ids; a worker
 # takes the next job from the tenant with the fewest running jobs, then the one served longest ago.
-OPEN_TENANT = "open"
+OPEN_TENANT = "~open"  # "~" is in no API key's id
 TENANTS_KEY = f"{PREFIX}:queue:tenants"  # sorted set: tenants with queued jobs -> their oldest job's sequence
 SERVED_KEY = f"{PREFIX}:queue:served"  # hash: tenant -> the serve number of its last started job
 SERVE_COUNTER_KEY = f"{PREFIX}:queue:serve-counter"  # counter giving each start its serve number
@@ -82,6 +82,11 @@ def cancel_key(job_id: str) -> str:
 def lease_key(job_id: str) -> str:
     """Exists while a worker runs the job; it renews it. Gone: the worker died."""
     return f"{PREFIX}:job:{job_id}:lease"
+
+
+def claim_key(run_token: str) -> str:
+    """The job a run (its token) claimed: a claim repeated after a lost reply takes no second job."""
+    return f"{PREFIX}:claim:{run_token}"
 
 
 def checkpoint_key(job_id: str) -> str:
@@ -149,6 +154,9 @@ def lua_layout() -> str:
     layout = {
         "job": job_key("%s"),
         "lease": lease_key("%s"),
+        "checkpoint": checkpoint_key("%s"),
+        "claim": claim_key("%s"),
+        "queue": QUEUE_KEY,
         "events": events_key("%s"),
         "content": content_key("%s"),
         "style": style_key("%s", 0).removesuffix("0") + "%d",
@@ -195,6 +203,7 @@ class JobRecord(BaseModel):
     scale: dict[str, int] | None = None
     owner: str | None = None  # the id of the API key that made the job (never the key); None without keys
     input_bytes: int = 0  # what its uploads take in Redis, until it ends (then they are deleted)
+    finished_by: str | None = None  # the run token that ended it: a repeated finish knows it was its own
     # Webhooks (worker/webhooks.py): the URL checked at submit, and the events it gets.
     webhook: str | None = None
     webhook_events: list[str] = Field(default_factory=list)

@@ -296,13 +296,20 @@ def run_job(job_id: str, context: WorkerContext | None = None) -> None:
     fields = {"status": "running", "weights": weights.label, "worker": context.name}
     claimed = until_redis_answers("claiming a job", lambda: store.claim_next(fields, token, settings.lease_seconds))
     if claimed is None:
-        log.info("turn of job %s: nothing is queued (canceled, or taken on another turn)", job_id)
-        return
+        # Nothing in the tenants' queues. A job queued by an earlier version's API is in none of
+        # them (until a worker starts and adopts it): its own message runs it.
+        took, _ = until_redis_answers(
+            "claiming the job", lambda: store.claim(job_id, fields, token, settings.lease_seconds)
+        )
+        if not took:
+            log.info("turn of job %s: nothing is queued (canceled, or taken on another turn)", job_id)
+            return
+        claimed = (job_id, 0)
     with job_context(claimed[0]):  # every record logged meanwhile carries the job id
-        _run_job(context, *claimed, weights, token)
+        _run_job(context, claimed[0], weights, token)
 
 
-def _run_job(context: WorkerContext, job_id: str, attempt: int, weights: WeightsSource, token: str) -> None:
+def _run_job(context: WorkerContext, job_id: str, weights: WeightsSource, token: str) -> None:
     store, settings = context.store, context.settings
     record = until_redis_answers("reading the job", lambda: store.get(job_id))
     if record is None:
@@ -310,7 +317,7 @@ def _run_job(context: WorkerContext, job_id: str, attempt: int, weights: Weights
         return
     with context.lock:
         context.current = (job_id, token)
-    log.info("job %s: started (attempt %d)", job_id, attempt)
+    log.info("job %s: started (attempt %d)", job_id, record.attempts)
     announce(store, job_id, "started", settings=settings)  # once a job: a resumed run sends none
     try:
         _run_claimed(context, record, weights, token)

@@ -68,8 +68,9 @@ _PRELUDE = _EMIT + TENANCY_LUA
 # fields (each value already JSON); ARGV[3] the run_token the job must hold (JSON), or "" for any;
 # ARGV[4] the status event's data, or "" for none; ARGV[5] stream length; ARGV[6] its TTL;
 # ARGV[7] a JSON list of Redis commands (counters) to run only if the change applies, or "";
-# ARGV[8] when the change ends the job, JSON {"job", "result" (bytes), "expires" (unix time)}: its
-# inputs are deleted and its held bytes become its outputs' (TENANCY_LUA's `ended`), or "".
+# ARGV[8] when the change ends the job, its id: its inputs are deleted and its held bytes become
+# its outputs' for the TTL (TENANCY_LUA's `ended`), or ""; ARGV[9] the result image, stored at
+# KEYS[3] only if the change applies (a run that lost the job cannot touch the result), or "".
 # Returns {1, old status} when applied, {0, old status} when not, {0, false} for no job.
 _TRANSITION = (
     _PRELUDE
@@ -87,10 +88,8 @@ for _, allowed in ipairs(cjson.decode(ARGV[1])) do
     if ARGV[7] ~= '' then
       for _, command in ipairs(cjson.decode(ARGV[7])) do redis.call(unpack(command)) end
     end
-    if ARGV[8] ~= '' then
-      local ending = cjson.decode(ARGV[8])
-      ended(ending.job, ending.result, ending.expires)
-    end
+    if ARGV[9] ~= '' then redis.call('SET', KEYS[3], ARGV[9], 'EX', tonumber(ARGV[6])) end
+    if ARGV[8] ~= '' then ended(ARGV[8], #ARGV[9], tonumber(ARGV[6])) end
     return {1, status}
   end
 end
@@ -102,13 +101,19 @@ return {0, status}
 # order (worker/fair_queue.py). KEYS: queue, running set, served hash, serve counter. ARGV: job id
 # or "", fields (JSON object of JSON values, run_token among them; `attempts` counts up by itself
 # unless given), the token (JSON), lease seconds, now (JSON, for a first start), stream length,
-# its TTL, layout. Returns {job id, attempts, created_at (JSON)} when claimed; {false, status
-# (JSON)} when the named job is not queued; {false, false} when there is no such job, or nothing
-# is queued.
+# its TTL, layout. Returns {job id, attempts, created_at (JSON), 1} when claimed (0 last: this
+# run's claim had been made already, its reply lost); {false, status} when the named job is not
+# queued; {false, false} when there is no such job, or nothing is queued.
 _CLAIM = (
     _PRELUDE
     + NEXT_JOB_LUA
     + """
+local claim = key('claim', cjson.decode(ARGV[3]))
+local made = redis.call('GET', claim)
+if made then
+  local hash = key('job', made)
+  return {made, tonumber(redis.call('HGET', hash, 'attempts')), redis.call('HGET', hash, 'created_at'), 0}
+end
 local job = ARGV[1]
 if job == '' then
   job = next_job(KEYS[2], KEYS[3])
@@ -124,13 +129,14 @@ for name, value in pairs(fields) do redis.call('HSET', hash, name, value) end
 redis.call('HSET', hash, 'attempts', attempts)
 if redis.call('HGET', hash, 'started_at') == 'null' then redis.call('HSET', hash, 'started_at', ARGV[5]) end
 redis.call('SET', key('lease', job), ARGV[3], 'EX', tonumber(ARGV[4]))
+redis.call('SET', claim, job, 'EX', tonumber(ARGV[4]) * 10)
 redis.call('SADD', KEYS[2], job)
 redis.call('ZREM', KEYS[1], job)
 local tenant = tenant_of(job)
 dequeue(tenant, job)
 redis.call('HSET', KEYS[3], tenant, redis.call('INCR', KEYS[4]))
 emit(key('events', job), 'status', cjson.encode({status = 'running', attempt = attempts}), ARGV[6], ARGV[7])
-return {job, attempts, redis.call('HGET', hash, 'created_at')}
+return {job, attempts, redis.call('HGET', hash, 'created_at'), 1}
 """
 )
 
@@ -150,7 +156,7 @@ return false
 # tenant's queue too), or fail it after max attempts. KEYS: job hash, lease, running set, queue,
 # event stream, the final-status counters (worker/telemetry.py). ARGV: job id, max attempts, the
 # failed fields (JSON object of JSON values), the failed and the requeued events' data, stream
-# length, its TTL, now (unix time), layout. Returns 'alive', 'gone', 'requeued', 'failed'.
+# length, its TTL, layout. Returns 'alive', 'gone', 'requeued', 'failed'.
 _REAP = (
     _PRELUDE
     + """
@@ -166,7 +172,7 @@ if attempts >= tonumber(ARGV[2]) then
   for name, value in pairs(cjson.decode(ARGV[3])) do redis.call('HSET', KEYS[1], name, value) end
   emit(KEYS[5], 'status', ARGV[4], ARGV[6], ARGV[7])
   redis.call('HINCRBY', KEYS[6], 'failed', 1)
-  ended(ARGV[1], 0, tonumber(ARGV[8]) + tonumber(ARGV[7]))
+  ended(ARGV[1], 0, tonumber(ARGV[7]))
   return 'failed'
 end
 redis.call('HSET', KEYS[1], 'status', cjson.encode('queued'), 'run_token', 'null')
@@ -182,7 +188,7 @@ return 'requeued'
 # its inputs go; a running one is asked to stop (once: a repeated cancel adds no event); a
 # finished one is left alone. KEYS: job hash, queue, cancel flag, event stream, final-status
 # counters. ARGV: job id, finished_at (JSON), the canceled and the cancel-requested events' data,
-# stream length, TTL, now (unix time), layout. Returns {outcome, old status}: 'canceled',
+# stream length, TTL, layout. Returns {outcome, old status}: 'canceled',
 # 'requested', 'unchanged', or {'missing', false}.
 _CANCEL = (
     _PRELUDE
@@ -196,7 +202,7 @@ if status == 'queued' then
   dequeue(tenant_of(ARGV[1]), ARGV[1])
   emit(KEYS[4], 'status', ARGV[3], ARGV[5], ARGV[6])
   redis.call('HINCRBY', KEYS[5], 'canceled', 1)
-  ended(ARGV[1], 0, tonumber(ARGV[7]) + tonumber(ARGV[6]))
+  ended(ARGV[1], 0, tonumber(ARGV[6]))
   return {'canceled', status}
 end
 if status == 'running' then
@@ -363,21 +369,20 @@ class JobStore:
         fields: dict[str, Any],
         run_token: str | None = None,
         also: telemetry.Commands | None = None,
-        result_bytes: int | None = None,
+        result: bytes | None = None,
     ) -> tuple[bool, str | None]:
         """Apply `fields` only if the job's status is in `allowed` (and, given `run_token`, the
         job is still held by that run); returns (applied, old status). A new status is reported
         in the job's event stream; `also`'s commands run in the same script, only if it applies.
-        A final status deletes the job's inputs there and then (nothing can run it again), and
-        what it holds for its tenant becomes its snapshots and its result (`result_bytes`)."""
+        A final status deletes the job's inputs there and then (nothing can run it again), stores
+        `result`, and what the job holds for its tenant becomes its snapshots and its result."""
         token = json.dumps(run_token) if run_token is not None else ""
         event = status_event(fields["status"]) if "status" in fields else ""
         extra = json.dumps(also.commands) if also is not None and also.commands else ""
-        ending = ""
-        if fields.get("status") in TERMINAL:
-            ending = json.dumps({"job": job_id, "result": result_bytes or 0, "expires": int(time.time()) + self.ttl})
+        ending = job_id if fields.get("status") in TERMINAL else ""
         args = [json.dumps(allowed), json.dumps(encode_fields(fields)), token, event, EVENTS_MAXLEN, self.ttl, extra]
-        applied, old = self._transition(keys=[job_key(job_id), events_key(job_id)], args=[*args, ending, self.layout])
+        keys = [job_key(job_id), events_key(job_id), result_key(job_id)]
+        applied, old = self._transition(keys=keys, args=[*args, ending, result or b"", self.layout])
         return bool(applied), (old.decode() if old else None)
 
     def claim(self, job_id: str, fields: dict[str, Any], run_token: str, lease_seconds: int) -> tuple[bool, str | None]:
@@ -408,7 +413,7 @@ class JobStore:
             self.layout,
         ]
         reply = list(self._claim(keys=keys, args=args))
-        if reply[0] is not None and int(reply[1]) == 1:  # a first start: how long it waited
+        if reply[0] is not None and int(reply[1]) == 1 and int(reply[3]) == 1:  # a first start: how long it waited
             self._record_queue_wait(reply[2])
         return reply
 
@@ -447,7 +452,7 @@ class JobStore:
             job_id = raw.decode()
             keys = [job_key(job_id), lease_key(job_id), RUNNING_KEY, QUEUE_KEY, events_key(job_id)]
             keys.append(telemetry.JOBS_TOTAL_KEY)
-            args = [job_id, max_attempts, json.dumps(failed), *events, int(time.time()), self.layout]
+            args = [job_id, max_attempts, json.dumps(failed), *events, self.layout]
             outcome = self._reap(keys=keys, args=args).decode()
             if outcome in ("requeued", "failed"):
                 outcomes.append((job_id, outcome))
@@ -516,12 +521,10 @@ class JobStore:
         run_token: str | None = None,
         result_png: bytes | None = None,
     ) -> bool:
-        """Running -> a final status (with the result, if any), only for the run holding the job;
-        False if it was no longer running or another run holds it now."""
-        if result_png is not None:
-            self.redis.set(result_key(job_id), result_png, ex=self.ttl)
+        """Running -> a final status (with the result, if any, stored in the same script), only for
+        the run holding the job; False if it was no longer running or another run holds it now."""
         started_at = self.redis.hget(job_key(job_id), "started_at")  # read first: a retry then changes nothing
-        final = {**fields, "status": status, "finished_at": utc_now(), "run_token": None}
+        final = {**fields, "status": status, "finished_at": utc_now(), "run_token": None, "finished_by": run_token}
         # The counters change in the transition's own script: counted once, even if this run
         # dies or Redis fails right after.
         counters = telemetry.Commands()
@@ -529,16 +532,16 @@ class JobStore:
             counters.incr(completions_key(job_id))
             counters.expire(completions_key(job_id), self.ttl)
         telemetry.record_job_final(counters, status, telemetry.seconds_since(started_at))
-        result_bytes = len(result_png) if result_png is not None else 0
-        applied, _ = self.transition(job_id, ["running"], final, run_token, also=counters, result_bytes=result_bytes)
+        applied, _ = self.transition(job_id, ["running"], final, run_token, also=counters, result=result_png)
+        if not applied and run_token is not None:
+            # This very finish may have been applied already: a reply lost, the call made again.
+            applied = self.redis.hget(job_key(job_id), "finished_by") == json.dumps(run_token).encode()
         if applied:
             pipe = self.redis.pipeline(transaction=True)
             pipe.srem(RUNNING_KEY, job_id)
             pipe.delete(lease_key(job_id), checkpoint_key(job_id))
             pipe.execute()
             self.refresh_expiry(job_id)
-        elif result_png is not None:
-            self.redis.delete(result_key(job_id))
         return applied
 
     def refresh_expiry(self, job_id: str) -> None:
@@ -566,7 +569,6 @@ class JobStore:
             status_event("running", cancel_requested=True),
             EVENTS_MAXLEN,
             self.ttl,
-            int(time.time()),
             self.layout,
         ]
         outcome, old = self._cancel(keys=keys, args=args)

@@ -36,22 +36,26 @@ RESERVED_SECONDS = 60.0  # far above the moment between taking a place and stori
 WINDOW_SECONDS = 60  # submissions are counted per minute of the clock
 
 # KEYS: active set, this minute's submissions, held total, held jobs, held until.
-# ARGV: job id, now (unix time), active limit (0: none), submissions limit, bytes to hold, bytes
-# limit, until (unix time), TTL of the tenant's keys, the job hash's key template, take (1) or
-# only look (0), RESERVED_SECONDS. Returns {'ok'}, or the limit that refuses with the tenant's figure: {'active',
-# count}, {'submissions', count}, {'bytes', held}.
+# ARGV: job id, active limit (0: none), submissions limit, bytes to hold, bytes limit, the job's
+# TTL (its bytes count that long at most), the TTL of the tenant's keys, the job hash's key
+# template, take (1) or only look (0), RESERVED_SECONDS. Returns {'ok'}, or the limit that refuses
+# with the tenant's figure: {'active', count}, {'submissions', count}, {'bytes', held}. Taking
+# twice for one job (a reply lost, the call made again) takes once.
 _ADMIT = """
-local job, now = ARGV[1], tonumber(ARGV[2])
-local active_limit, submission_limit = tonumber(ARGV[3]), tonumber(ARGV[4])
-local bytes, bytes_limit, expires, ttl = tonumber(ARGV[5]), tonumber(ARGV[6]), tonumber(ARGV[7]), tonumber(ARGV[8])
-local take = ARGV[10] == '1'
+local job = ARGV[1]
+local active_limit, submission_limit = tonumber(ARGV[2]), tonumber(ARGV[3])
+local bytes, bytes_limit = tonumber(ARGV[4]), tonumber(ARGV[5])
+local job_ttl, ttl, take = tonumber(ARGV[6]), tonumber(ARGV[7]), ARGV[9] == '1'
 local final = {['"succeeded"'] = true, ['"failed"'] = true, ['"canceled"'] = true}
+local time = redis.call('TIME')
+local now = tonumber(time[1]) + tonumber(time[2]) / 1000000
+if take and redis.call('HEXISTS', KEYS[4], job) == 1 then return {'ok'} end
 
 local members = redis.call('ZRANGE', KEYS[1], 0, -1, 'WITHSCORES')
 local active = 0
 for i = 1, #members, 2 do
-  local status = redis.call('HGET', string.format(ARGV[9], members[i]), 'status')
-  if (not status and tonumber(members[i + 1]) < now - tonumber(ARGV[11])) or (status and final[status]) then
+  local status = redis.call('HGET', string.format(ARGV[8], members[i]), 'status')
+  if (not status and tonumber(members[i + 1]) < now - tonumber(ARGV[10])) or (status and final[status]) then
     redis.call('ZREM', KEYS[1], members[i])
   else
     active = active + 1
@@ -77,7 +81,7 @@ if take then
   redis.call('EXPIRE', KEYS[2], 2 * 60)
   redis.call('HSET', KEYS[4], job, bytes)
   redis.call('INCRBY', KEYS[3], bytes)
-  redis.call('ZADD', KEYS[5], expires, job)
+  redis.call('ZADD', KEYS[5], math.floor(now) + job_ttl, job)
 end
 for i = 1, 5 do
   if i ~= 2 then redis.call('EXPIRE', KEYS[i], ttl) end
@@ -164,12 +168,11 @@ class TenantLimits:
         limits = self.limits
         args = [
             job_id,
-            now,
             limits.active_jobs or 0,
             limits.submissions_per_minute,
             input_bytes,
             limits.stored_bytes,
-            int(now) + self.ttl,
+            self.ttl,
             self.ttl + 3600,
             job_key("%s"),
             1 if take else 0,
