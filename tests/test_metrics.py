@@ -116,7 +116,8 @@ def test_each_final_status_is_counted_once_however_often_it_is_written(db: redis
     claim(store, done, "a")
     claim(store, stopped, "b")
     assert store.finish(done, "succeeded", {}, "a", b"png")
-    assert not store.finish(done, "succeeded", {}, "a", b"png")  # a redelivered run's second end
+    assert store.finish(done, "succeeded", {}, "a", b"png")  # the same finish again (its reply lost)
+    assert not store.finish(done, "succeeded", {}, "another run", b"png")  # a redelivered run's end
     assert store.finish(stopped, "canceled", {}, "b")
     assert store.cancel(waiting)[0] == "canceled"
     assert store.cancel(waiting)[0] == "unchanged"

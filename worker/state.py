@@ -110,7 +110,7 @@ _CLAIM = (
     + """
 local claim = key('claim', cjson.decode(ARGV[3]))
 local made = redis.call('GET', claim)
-if made then
+if made and (ARGV[1] == '' or ARGV[1] == made) then
   local hash = key('job', made)
   return {made, tonumber(redis.call('HGET', hash, 'attempts')), redis.call('HGET', hash, 'created_at'), 0}
 end
