@@ -606,3 +606,27 @@ def test_any_origin_allowed_by_cors_may_change_things_too() -> None:
     assert status(["http://front.example"], "http://anywhere.example") == 403
     assert status(["http://front.example/"], "http://FRONT.example") == 200
     assert status([], "https://127.0.0.1:8000") == 200  # TLS ended at a proxy: the scheme may differ
+
+
+def test_a_checkpoint_this_version_cannot_read_starts_the_job_over(
+    empty_redis: redis.Redis, caplog: pytest.LogCaptureFixture
+) -> None:
+    """After an upgrade a resumed job may find a checkpoint of another version's making."""
+    import logging
+
+    from worker.keys import JobRecord, new_job_id
+    from worker.runner import WorkerContext, run_job
+    from worker.settings import Settings
+    from worker.state import JobStore
+
+    port = empty_redis.connection_pool.connection_kwargs["port"]
+    settings = Settings(redis_url=f"redis://127.0.0.1:{port}/0", device="cpu")
+    store = JobStore(empty_redis, 3600)
+    record = JobRecord(id=new_job_id(), params={"iterations": 3, "height": 16, "width": 16}, style_count=1)
+    store.create(record, SMALL_PNG, [SMALL_PNG])
+    store.save_checkpoint(record.id, b"not a checkpoint of this version")
+    caplog.set_level(logging.WARNING, logger="worker.runner")
+    run_job(record.id, WorkerContext(settings, store, "test-worker"))
+    finished = store.get(record.id)
+    assert finished is not None and finished.status == "succeeded", finished
+    assert "cannot be read" in caplog.text

@@ -34,7 +34,7 @@ from core.scales import plan_stages
 from core.sizes import working_size
 from core.transfer import Progress, StyleResult, stylize
 from core.weights import WeightsSource
-from worker.keys import JobRecord, history_line
+from worker.keys import JobRecord, history_line, worker_name
 from worker.problem_types import problem_type_uri
 from worker.progress_writer import OrderedWriter
 from worker.settings import Settings, get_settings
@@ -112,7 +112,7 @@ class WorkerContext:
 def worker_context() -> WorkerContext:
     settings = get_settings()
     store = JobStore.from_url(settings.redis_url, settings.job_ttl_seconds)
-    return WorkerContext(settings, store, f"{socket.gethostname()}:{os.getpid()}")
+    return WorkerContext(settings, store, worker_name(socket.gethostname(), os.getpid()))
 
 
 def problem(title: str, detail: str, status: int = 500, kind: str = "job-failed") -> dict[str, object]:
@@ -374,8 +374,12 @@ def _optimise(context: WorkerContext, record: JobRecord, weights: WeightsSource,
     resume = None
     saved = until_redis_answers("reading the checkpoint", lambda: store.checkpoint(record.id))
     if saved is not None:
-        resume = Checkpoint.from_bytes(saved)
-        log.info("job %s: resuming from the checkpoint at iteration %d", record.id, resume.iteration)
+        try:
+            resume = Checkpoint.from_bytes(saved)
+        except Exception as exc:  # written by another version, or damaged: the job starts over
+            log.warning("job %s: its checkpoint cannot be read (%s); starting from the beginning", record.id, exc)
+        else:
+            log.info("job %s: resuming from the checkpoint at iteration %d", record.id, resume.iteration)
 
     def save(checkpoint: Checkpoint) -> None:
         data = checkpoint.to_bytes()
