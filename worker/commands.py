@@ -18,6 +18,7 @@ def add_commands(commands: argparse._SubParsersAction) -> None:  # type: ignore[
     )
     worker.add_argument("--device", default=None, help="cpu, cuda, cuda:N (default: $NST_DEVICE or CUDA if available)")
     worker.add_argument("--loglevel", default="INFO")
+    worker.add_argument("--no-banner", action="store_true", help="leave out Celery's start-up banner (nst up does)")
     worker.set_defaults(handler=run_worker)
 
     from worker.webhook_worker import add_webhook_command
@@ -68,13 +69,17 @@ def run_worker(args: argparse.Namespace, stderr: TextIO) -> None:
     log.info("memory budget %d bytes on %s (%s)", profile.memory_budget_bytes, profile.device, profile.precision)
     stop = start_heartbeat(context)
     app = get_celery_app()
+    from celery.signals import worker_ready
+
+    # Consuming its queue from now on: `nst up` waits for this before it says the stack is up.
+    worker_ready.connect(lambda **_: context.store.mark_ready(context.name), weak=False)
     try:
         # The solo pool runs jobs in this process: CUDA is initialised here, never in a parent
         # that forks, and the network stays loaded between jobs.
         app.worker_main(
             [
                 # Celery's banner is text on stdout, not a log record: not in a JSON log.
-                *(["--quiet"] if log_format() == "json" else []),
+                *(["--quiet"] if log_format() == "json" or args.no_banner else []),
                 "worker",
                 "--pool=solo",
                 "--concurrency=1",

@@ -84,6 +84,20 @@ def lease_key(job_id: str) -> str:
     return f"{PREFIX}:job:{job_id}:lease"
 
 
+def worker_name(host: str, pid: int) -> str:
+    """How a job worker names itself: in the live set, its heartbeat, the jobs it runs."""
+    return f"{host}:{pid}"
+
+
+def webhook_worker_name(host: str, pid: int) -> str:
+    return f"webhooks:{host}:{pid}"
+
+
+def ready_key(name: str) -> str:
+    """Set by a worker (job or webhook) once it consumes its queue; `nst up` waits for its own."""
+    return f"{PREFIX}:ready:{name}"
+
+
 def claim_key(run_token: str) -> str:
     """The job a run (its token) claimed: a claim repeated after a lost reply takes no second job."""
     return f"{PREFIX}:claim:{run_token}"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import signal
@@ -12,7 +13,7 @@ import time
 import urllib.request
 from collections.abc import Sequence
 from pathlib import Path
-from typing import TextIO
+from typing import Any, TextIO
 
 CURL_EXAMPLE = """\
   curl -s -F content=@{samples}/coffee.png -F style=@{samples}/starry_night.jpg \\
@@ -141,15 +142,20 @@ def run_everything(host: str, port: int, data_dir: str, stream: TextIO, workers:
         redis_dir.mkdir(parents=True, exist_ok=True)
         redis_child = Child("redis-server", redis_command(redis_port, redis_dir), env, stop_order=2)
         env["NST_REDIS_URL"] = f"redis://127.0.0.1:{redis_port}/0"
-    children.append(Child("nst api", nst_command("api", "--host", host, "--port", str(port)), env))
+    api = Child("nst api", nst_command("api", "--host", host, "--port", str(port)), env)
     # Webhook deliveries: a light worker of their own, so a slow receiver never holds a GPU job.
-    children.append(Child("nst webhooks", nst_command("webhooks"), env, stop_order=1, death_signal=signal.SIGKILL))
+    webhooks = Child(
+        "nst webhooks", nst_command("webhooks", "--no-banner"), env, stop_order=1, death_signal=signal.SIGKILL
+    )
+    children += [api, webhooks]
     gpus = 0 if env.get("NST_DEVICE", "").startswith("cpu") else visible_gpu_count()
     devices = worker_devices(workers, gpus, env)
+    job_workers = []
     for index, device in enumerate(devices, start=1):
         name = "nst worker" if len(devices) == 1 else f"nst worker {index}"
-        command = nst_command("worker", *(["--device", device] if device else []))
-        children.append(Child(name, command, env, stop_order=1, death_signal=signal.SIGKILL))
+        command = nst_command("worker", "--no-banner", *(["--device", device] if device else []))
+        job_workers.append(Child(name, command, env, stop_order=1, death_signal=signal.SIGKILL))
+    children += job_workers
     if redis_child is not None:
         children.append(redis_child)  # stopped last: the others flush their state to it first
     supervisor = Supervisor(children)
@@ -158,20 +164,77 @@ def run_everything(host: str, port: int, data_dir: str, stream: TextIO, workers:
             redis_child.start(time.monotonic())
             wait_for_port(redis_port, redis_child.process, timeout=20)
         supervisor.start_all()
-        url = f"http://{'127.0.0.1' if host in ('0.0.0.0', '::') else host}:{port}"
-        # Announce only once a worker has loaded its weights and reported (readyz). A child that
-        # fails while starting is a set-up problem (a port in use, bad weights): stop and say so.
-        wait_for_http(f"{url}/readyz", supervisor.processes, timeout=600)
-        samples = Path(__file__).resolve().parent.parent / "examples" / "images"
-        example = CURL_EXAMPLE.format(url=url, samples=samples)
-        if env.get("NST_API_KEYS_FILE"):  # keys on: every /jobs request needs one (nst keys add NAME)
-            example = example.replace("curl -s ", 'curl -s -H "Authorization: Bearer $NST_API_KEY" ')
-        stream.write(
-            f"\nneural-style-service is up\n  API:   {url}  (docs: {url}/docs)\n  Redis: {env['NST_REDIS_URL']}\n"
-            f"  Workers: {len(devices)}\n"
-            f"  Try:\n{example}\n  Ctrl-C stops everything.\n\n"
-        )
+        # Announce only once every child is ready. A child that fails while starting is a set-up
+        # problem (a port in use, bad weights): stop, and say why last.
+        wait_until_ready(supervisor, api, port, webhooks, job_workers, env["NST_REDIS_URL"])
+        stream.write(banner(host, port, env, len(devices)))
         stream.flush()
         supervisor.run_until_signalled()
     finally:
         supervisor.stop_all()
+
+
+class StartFailure(RuntimeError):
+    """A child of `nst up` exited before the stack was up; the message is its own reason."""
+
+
+def wait_until_ready(
+    supervisor: Any,
+    api: Any,
+    port: int,
+    webhooks: Any,
+    job_workers: Sequence[Any],
+    redis_url: str,
+    timeout: float = 600,
+) -> None:
+    """Until the API accepts connections and every worker consumes its queue (each says so in
+    Redis when Celery is ready). Nothing here sends an HTTP request: the API's access log shows
+    only real ones. StartFailure with the child's own last error line if one exits meanwhile."""
+    import redis
+
+    from worker.keys import webhook_worker_name, worker_name
+    from worker.state import JobStore
+    from worker.supervisor import exit_reason
+
+    store = JobStore.from_url(redis_url, 60)
+    host = socket.gethostname()
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        for child in supervisor.children:
+            if child.process is not None and child.process.poll() is not None:
+                child.wait_for_output()
+                reason = exit_reason(child.process.returncode)
+                raise StartFailure(f"{child.name} could not start ({reason}):\n{child.reason()}")
+        names = [webhook_worker_name(host, webhooks.process.pid)]
+        names += [worker_name(host, child.process.pid) for child in job_workers]
+        try:
+            workers_ready = all(store.is_ready(name) for name in names)
+        except redis.RedisError:
+            workers_ready = False
+        if workers_ready and port_open(port):
+            return
+        time.sleep(0.1)
+    raise StartFailure(f"the service was not up within {timeout:.0f} s")
+
+
+def port_open(port: int) -> bool:
+    with socket.socket() as sock:
+        return sock.connect_ex(("127.0.0.1", port)) == 0
+
+
+def banner(host: str, port: int, env: dict[str, str], workers: int) -> str:
+    """What `nst up` says once everything is ready: where things are and how to try them."""
+    url = f"http://{'127.0.0.1' if host in ('0.0.0.0', '::') else host}:{port}"
+    samples = Path(__file__).resolve().parent.parent / "examples" / "images"
+    example = CURL_EXAMPLE.format(url=url, samples=samples)
+    if env.get("NST_API_KEYS_FILE"):  # keys on: every /jobs request needs one (nst keys add NAME)
+        example = example.replace("curl -s ", 'curl -s -H "Authorization: Bearer $NST_API_KEY" ')
+    scripts = Path(sys.executable).parent
+    with contextlib.suppress(ValueError):
+        scripts = scripts.relative_to(Path.cwd())
+    return (
+        f"\nneural-style-service is up\n  API:     {url}  (docs: {url}/docs)\n  Redis:   {env['NST_REDIS_URL']}\n"
+        f"  Workers: {workers}\n"
+        f"  CLI:     {scripts}/nst (or `. {scripts}/activate`, then `nst`)\n"
+        f"  Try:\n{example}\n  Ctrl-C stops everything.\n\n"
+    )

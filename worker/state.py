@@ -44,6 +44,7 @@ from worker.keys import (
     losses_key,
     lua_layout,
     owner_jobs_key,
+    ready_key,
     result_key,
     snapshot_key,
     style_key,
@@ -582,6 +583,13 @@ class JobStore:
         if info is not None:
             pipe.hset(WORKER_INFO_KEY, worker, json.dumps(info))
         pipe.execute()
+
+    def mark_ready(self, name: str, seconds: int = 3600) -> None:
+        """The worker `name` consumes its queue now (Celery's worker_ready)."""
+        self.redis.set(ready_key(name), "1", ex=seconds)
+
+    def is_ready(self, name: str) -> bool:
+        return bool(self.redis.exists(ready_key(name)))
 
     def remove_worker(self, worker: str) -> None:
         pipe = self.redis.pipeline(transaction=True)

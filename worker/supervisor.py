@@ -10,9 +10,12 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
+from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from typing import IO
 
 log = logging.getLogger("nst.up")
 
@@ -20,6 +23,7 @@ MAX_BACKOFF_SECONDS = 30.0
 # A child that ran this long before it exited was healthy: its next restart waits 1 s again.
 STABLE_SECONDS = 60.0
 _PR_SET_PDEATHSIG = 1
+TAIL_LINES = 40
 
 
 def exit_reason(returncode: int) -> str:
@@ -69,15 +73,47 @@ class Child:
     restarts: int = 0
     restart_at: float | None = None  # monotonic time of the pending restart, if one is pending
     history: list[str] = field(default_factory=list)
+    # Its last lines of output, so that a child that fails to start can be told why, last.
+    tail: deque[str] = field(default_factory=lambda: deque(maxlen=TAIL_LINES))
+    output: IO[str] | None = None  # where its output goes on to (None: nst up's stderr)
+    _pump_thread: threading.Thread | None = field(default=None, repr=False)
 
     def start(self, now: float) -> None:
         # A process group of its own: the terminal's Ctrl-C reaches `nst up` alone, which then
-        # stops the children in order (API, workers, Redis) instead of all at once.
+        # stops the children in order (API, workers, Redis) instead of all at once. Its output
+        # comes through `nst up`, a line at a time, into nst up's stderr and its tail.
         self.process = subprocess.Popen(
-            self.command, env=self.env, preexec_fn=die_with_parent(self.death_signal), process_group=0
-        )
+            self.command, env=self.env, preexec_fn=die_with_parent(self.death_signal), process_group=0,
+            stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+        )  # fmt: skip
         self.started_at = now
         self.restart_at = None
+        pipe = self.process.stdout
+        assert pipe is not None
+        self._pump_thread = threading.Thread(target=self._pump, args=(pipe,), name=f"out-{self.name}", daemon=True)
+        self._pump_thread.start()
+
+    def wait_for_output(self, timeout: float = 10) -> None:
+        """After it exited: until its last words have come through (they say why)."""
+        if self._pump_thread is not None:
+            self._pump_thread.join(timeout)
+
+    def _pump(self, pipe: IO[bytes]) -> None:
+        """Copy the child's output on as it comes, keeping its last lines."""
+        with pipe:
+            for raw in pipe:
+                line = raw.decode(errors="replace")
+                self.tail.append(line.rstrip("\n"))
+                out = self.output or sys.stderr
+                with contextlib.suppress(OSError, ValueError):  # our own stderr gone: keep reading
+                    out.write(line)
+                    out.flush()
+
+    def reason(self) -> str:
+        """Why it stopped, from its own words: its last error line, else its last lines."""
+        errors = [line for line in self.tail if line.startswith(("nst: error:", "Error:")) or "Error" in line[:40]]
+        lines = errors[-1:] if errors else list(self.tail)[-5:]
+        return "\n".join("  " + line.removeprefix("nst: error: ") for line in lines)
 
     @property
     def running(self) -> bool:

@@ -26,6 +26,7 @@ def add_webhook_command(commands: argparse._SubParsersAction) -> None:  # type: 
     )
     webhooks.add_argument("--concurrency", type=int, default=DEFAULT_CONCURRENCY, help="deliveries at once")
     webhooks.add_argument("--loglevel", default="INFO")
+    webhooks.add_argument("--no-banner", action="store_true", help="leave out Celery's start-up banner (nst up does)")
     webhooks.set_defaults(handler=run_webhook_worker)
 
 
@@ -43,13 +44,22 @@ def run_webhook_worker(args: argparse.Namespace, stderr: TextIO) -> None:
     from worker.webhooks import WEBHOOK_QUEUE
 
     keep_our_logging()
-    app = make_celery_app(get_settings())
+    settings = get_settings()
+    app = make_celery_app(settings)
+    from celery.signals import worker_ready
+
+    from worker.keys import webhook_worker_name
+    from worker.state import JobStore
+
+    store = JobStore.from_url(settings.redis_url, settings.job_ttl_seconds)
+    name = webhook_worker_name(socket.gethostname(), os.getpid())
+    worker_ready.connect(lambda **_: store.mark_ready(name), weak=False)  # `nst up` waits for it
     # Only the delivery task: the job task's module imports torch, which this worker neither
     # needs nor (in the API's image) has.
     app.conf.include = ["worker.webhooks"]
     app.worker_main(
         [
-            *(["--quiet"] if log_format() == "json" else []),  # the banner is not a record
+            *(["--quiet"] if log_format() == "json" or args.no_banner else []),  # the banner is not a record
             "worker",
             "--pool=threads",
             f"--concurrency={args.concurrency}",

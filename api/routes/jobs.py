@@ -220,7 +220,9 @@ async def list_jobs(
     reader: ReaderDep,
     caller: CallerDep,
     limit: Annotated[int, Query(ge=1, le=100, description="jobs per page")] = 20,
-    cursor: Annotated[str | None, Query(max_length=20, pattern=r"^\d+$", description="next_cursor of a page")] = None,
+    cursor: Annotated[
+        str | None, Query(max_length=20, pattern=r"^\d*$", description="next_cursor of a page; empty: the first page")
+    ] = None,
 ) -> Response:
     """Jobs, newest first, a page at a time (with API keys: the caller's jobs only)."""
     jobs, next_cursor = await reader.list_jobs(limit, int(cursor) if cursor else None, caller)
