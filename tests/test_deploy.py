@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shlex
 import shutil
 import subprocess
@@ -80,6 +81,9 @@ def test_compose_file_is_valid_and_reserves_a_gpu_per_worker() -> None:
     assert done.returncode == 0, done.stderr
     config = done.stdout
     assert "driver: nvidia" in config and "capabilities:" in config and "gpu" in config
+    # One service per GPU, each pinned to its card (`count: 1` on a scaled service gives every
+    # replica the same one).
+    assert "worker-gpu0:" in config and re.search(r"device_ids:\s*\n?\s*- '?0'?", config), config
     assert "appendonly" in config and "service_healthy" in config and "Dockerfile.worker" in config
     assert "webhooks" in config  # the deliverer of webhooks runs beside the API
     assert "host_ip: 127.0.0.1" in config or "127.0.0.1:8000:8000" in config  # published on loopback only

@@ -128,7 +128,7 @@ def test_params_as_a_json_part_and_as_curl_s_text_field_both_work(service: Servi
 
 def generate_client(url: str, out: Path) -> Any:
     """openapi-python-client's package for the live document, imported. The generator reads
-    OpenAPI 3.1 at most: it takes the document's 3.1 rendering, as the README tells users to."""
+    OpenAPI 3.1 at most: it takes the document's 3.1 rendering, as docs/api.md tells users to."""
     document = out / "openapi.json"
     document.write_bytes(httpx.get(f"{url}/openapi-3.1.json").content)
     env = os.environ | {"PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"}

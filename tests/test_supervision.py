@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -275,3 +276,55 @@ def test_a_sigkilled_nst_up_leaves_no_child_behind_and_its_job_resumes_when_it_i
             if up is not None:
                 for line in session_processes(up.pid):
                     os.kill(int(line.split()[0]), signal.SIGKILL)
+
+
+def read_until(process: subprocess.Popen[str], marker: str, lines: list[str]) -> bool:
+    """Read the process's output line by line until one holds `marker` (True) or it ends (False)."""
+    assert process.stdout is not None
+    for line in process.stdout:
+        lines.append(line.rstrip("\n"))
+        if marker in line:
+            return True
+    return False
+
+
+def test_nst_up_says_it_is_up_last_once_every_child_is_ready_and_logs_no_polls_of_its_own(tmp_path: Path) -> None:
+    port = free_port()
+    env = os.environ | {"NST_VGG_WEIGHTS": "random", "NST_DEVICE": "cpu", "PYTHONUNBUFFERED": "1"}
+    env.pop("NST_REDIS_URL", None)
+    command = nst_command("up", "--port", str(port), "--data-dir", str(tmp_path / "data"), "--workers", "1")
+    up = subprocess.Popen(
+        command, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True
+    )
+    lines: list[str] = []
+    try:
+        assert read_until(up, "neural-style-service is up", lines), "\n".join(lines)
+        before = "\n".join(lines)
+        # Every child had said it was ready before the banner: the API, the job worker, the deliverer.
+        assert "Application startup complete" in before
+        assert re.search(r"celery@\S+ ready\.", before) and re.search(r"nst-webhooks-\d+@\S+ ready\.", before)
+        assert "weights random loaded" in before
+        assert "/readyz" not in before and "GET /" not in before  # no polls of its own
+        assert "[tasks]" not in before and "-------------- " not in before  # no Celery banners
+        assert read_until(up, "Ctrl-C stops everything", lines)
+        banner = "\n".join(lines[lines.index(next(line for line in lines if "is up" in line)) :])
+        assert f"http://127.0.0.1:{port}" in banner and "/bin/nst" in banner and "activate" in banner
+        assert httpx.get(f"http://127.0.0.1:{port}/readyz", timeout=10).json()["workers"] == 1
+    finally:
+        up.send_signal(signal.SIGINT)
+        try:
+            up.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            os.killpg(up.pid, signal.SIGKILL)
+    assert up.returncode == 0
+
+
+def test_a_child_that_cannot_start_ends_nst_up_with_its_reason_last(tmp_path: Path) -> None:
+    env = os.environ | {"NST_VGG_WEIGHTS": str(tmp_path / "no-such-weights.pth"), "NST_DEVICE": "cpu"}
+    env.pop("NST_REDIS_URL", None)
+    command = nst_command("up", "--port", str(free_port()), "--data-dir", str(tmp_path / "data"))
+    done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300, start_new_session=True)
+    assert done.returncode != 0
+    last = [line for line in (done.stdout + done.stderr).splitlines() if line.strip()][-2:]
+    assert last[0].startswith("nst: error: nst worker could not start"), last
+    assert "NST_VGG_WEIGHTS" in last[1] and "no-such-weights.pth" in last[1], last
