@@ -139,8 +139,9 @@ def worker_pids(up_pid: int) -> list[int]:
     return [pid for pid, cmdline in children_of(up_pid) if "core.cli worker" in cmdline]
 
 
-def test_under_nst_up_a_worker_killed_mid_job_is_replaced_and_its_job_finishes_once(tmp_path: Path) -> None:
-    port = free_port()
+def nst_up_env() -> dict[str, str]:
+    """For an `nst up` whose worker dies in the tests: quick heartbeats, leases and checkpoints;
+    its own Redis (no NST_REDIS_URL)."""
     env = os.environ | {
         "NST_VGG_WEIGHTS": "random",
         "NST_DEVICE": "cpu",
@@ -150,6 +151,12 @@ def test_under_nst_up_a_worker_killed_mid_job_is_replaced_and_its_job_finishes_o
         "PYTHONUNBUFFERED": "1",
     }
     env.pop("NST_REDIS_URL", None)
+    return env
+
+
+def test_under_nst_up_a_worker_killed_mid_job_is_replaced_and_its_job_finishes_once(tmp_path: Path) -> None:
+    port = free_port()
+    env = nst_up_env()
     log_path = tmp_path / "up.log"
     with open(log_path, "wb") as log_file:
         up = subprocess.Popen(
@@ -221,15 +228,7 @@ def test_a_sigkilled_nst_up_leaves_no_child_behind_and_its_job_resumes_when_it_i
     to its children: each must end by itself within moments (a worker mid-job too), and the job
     resumes from its checkpoint once the stack is started again."""
     port = free_port()
-    env = os.environ | {
-        "NST_VGG_WEIGHTS": "random",
-        "NST_DEVICE": "cpu",
-        "NST_WORKER_HEARTBEAT_SECONDS": "1",
-        "NST_LEASE_SECONDS": "3",
-        "NST_CHECKPOINT_EVERY": "20",
-        "PYTHONUNBUFFERED": "1",
-    }
-    env.pop("NST_REDIS_URL", None)
+    env = nst_up_env()
     data_dir = tmp_path / "data"
     command = nst_command("up", "--port", str(port), "--data-dir", str(data_dir), "--workers", "1")
     url = f"http://127.0.0.1:{port}"
