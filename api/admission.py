@@ -1,6 +1,6 @@
 """Admission by memory: a job that no live worker's budget can hold is refused at submit.
 
-Workers report their device, precision and memory budget with each heartbeat (worker.state);
+Workers report their device, precision and memory budget with each heartbeat (jobs.store);
 the job's peak is estimated with core.memory for each, with checkpointing where a plain run
 does not fit. With no live worker the job is queued: the worker that takes it checks again.
 """
@@ -15,8 +15,8 @@ from core.memory import plan, too_big_detail
 from core.params import StyleParams
 from core.scales import plan_stages
 from core.sizes import working_size
-from worker.settings import Settings
-from worker.state import JobStore
+from jobs.settings import Settings
+from jobs.store import JobStore
 
 
 def admit(store: JobStore, settings: Settings, params: StyleParams, original: Size) -> None:

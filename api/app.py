@@ -20,9 +20,9 @@ from api.reader import JobReader
 from api.routes import events, health, images, jobs, metrics, web
 from api.routes.jobs import tenant_limits
 from api.security import RequestGuard
-from worker.celery_app import make_celery_app
-from worker.settings import Settings, get_settings
-from worker.state import JobStore
+from jobs.queue import make_celery_app
+from jobs.settings import Settings, get_settings
+from jobs.store import JobStore
 
 DESCRIPTION = """
 Neural style transfer (Gatys et al., VGG-19) as a job queue. `POST /jobs` with a content photo,

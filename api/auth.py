@@ -12,7 +12,7 @@ from fastapi import Depends, FastAPI, Request
 
 from api.keys_file import KeyRing
 from api.problems import PROBLEM_MEDIA_TYPE, Problem
-from worker.settings import Settings
+from jobs.settings import Settings
 
 log = logging.getLogger(__name__)
 

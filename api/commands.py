@@ -35,8 +35,8 @@ def add_commands(commands: argparse._SubParsersAction) -> None:  # type: ignore[
 def run_api(args: argparse.Namespace, stderr: TextIO) -> None:
     import uvicorn
 
+    from api.log_config import uvicorn_log_config
     from api.server_protocol import PROTOCOL_PATH
-    from core.logs import uvicorn_log_config
 
     uvicorn.run(
         "api.app:create_app",

@@ -11,8 +11,8 @@ from fastapi import Depends, Request
 from api.event_hub import EventHub
 from api.problems import not_found
 from api.reader import JobReader
-from worker.settings import Settings
-from worker.state import JobStore
+from jobs.settings import Settings
+from jobs.store import JobStore
 
 
 async def _settings(request: Request) -> Settings:

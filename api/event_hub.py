@@ -19,8 +19,8 @@ import redis
 import redis.asyncio as aioredis
 
 from api.reader import JobReader, RawEvent, loads
-from api.views import event_view
-from worker.keys import TERMINAL, events_key
+from jobs.keys import TERMINAL, events_key
+from jobs.view import event_view
 
 log = logging.getLogger(__name__)
 

@@ -43,7 +43,7 @@ def add_commands(commands: argparse._SubParsersAction) -> None:  # type: ignore[
 def keys_path(args: argparse.Namespace) -> Path:
     if args.file is not None:
         return Path(args.file)
-    from worker.settings import Settings  # the file the API reads, named the same way
+    from jobs.settings import Settings  # the file the API reads, named the same way
 
     named = Settings().api_keys_file
     if named is None:

@@ -7,7 +7,7 @@ import json
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from api.problems import PROBLEM_MEDIA_TYPE
-from worker.problem_types import problem_type_uri
+from jobs.problems import problem_type_uri
 
 
 class BodySizeLimit:

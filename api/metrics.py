@@ -5,7 +5,7 @@ Two kinds, one registry per app:
   process has its own; Prometheus scrapes each process and sums.
 - Everything about jobs and workers, read from Redis at scrape time by `ClusterCollector`, so a
   scrape of any one API process covers the whole service: the queue, the final-status counters
-  and histograms the workers keep (worker/telemetry.py), and what each live worker reports with
+  and histograms the workers keep (jobs/telemetry.py), and what each live worker reports with
   its heartbeat.
 """
 
@@ -32,8 +32,8 @@ from prometheus_client.utils import floatToGoString
 from starlette.routing import BaseRoute, Match
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from worker import telemetry
-from worker.keys import QUEUE_KEY, RUNNING_KEY, WORKER_INFO_KEY, WORKERS_KEY
+from jobs import telemetry
+from jobs.keys import QUEUE_KEY, RUNNING_KEY, WORKER_INFO_KEY, WORKERS_KEY
 
 log = logging.getLogger(__name__)
 

@@ -12,7 +12,7 @@ from starlette.formparsers import MultiPartException, MultiPartParser
 from starlette.requests import Request
 
 from api.problems import Problem, file_problem, validation_problem
-from worker.settings import Settings
+from jobs.settings import Settings
 
 MAX_TEXT_FIELD_BYTES = 64 * 1024  # `params` is a small JSON object
 FORM_FIELDS = ("content", "style", "params", "webhook", "webhook_events")

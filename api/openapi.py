@@ -14,7 +14,7 @@ from api.auth import declare_bearer_security
 from api.problems import PROBLEM_MEDIA_TYPE
 from api.schemas import ProgressEvent, SnapshotEvent, StatusEvent
 from core.params import fill_defaults
-from worker.settings import Settings
+from jobs.settings import Settings
 
 # OpenAPI 3.2 describes an event stream item by item (`itemSchema`); generators that stop at 3.1
 # (openapi-python-client) read the same document at OPENAPI_31_URL, where the stream is a string.

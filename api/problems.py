@@ -12,7 +12,7 @@ from fastapi.responses import JSONResponse, Response
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.requests import ClientDisconnect
 
-from worker.problem_types import problem_type_uri
+from jobs.problems import problem_type_uri
 
 PROBLEM_MEDIA_TYPE = "application/problem+json"
 # A request whose client went away before it was read whole (nginx's code for it): no one reads

@@ -1,7 +1,7 @@
 """The API's read path: async Redis (redis.asyncio) from the route to the socket, no thread hop.
 
-Reads return the job as the JSON-ready dict clients see (`api.views.job_view`) and the raw
-entries of its event stream; the key layout comes from `worker/keys.py`.
+Reads return the job as the JSON-ready dict clients see (`jobs.view.job_view`) and the raw
+entries of its event stream; the key layout comes from `jobs/keys.py`.
 """
 
 from __future__ import annotations
@@ -17,9 +17,8 @@ import orjson
 import redis
 import redis.asyncio as aioredis
 
-from api.views import job_view
-from worker.fair_queue import POSITION
-from worker.keys import (
+from jobs.fair_queue import POSITION
+from jobs.keys import (
     JOBS_KEY,
     RUNNING_KEY,
     SERVED_KEY,
@@ -34,6 +33,7 @@ from worker.keys import (
     result_key,
     snapshot_key,
 )
+from jobs.view import job_view
 
 # An event stream entry as Redis gives it: (id, {b"type": ..., b"data": ...}).
 RawEvent = tuple[bytes, dict[bytes, bytes]]
@@ -89,7 +89,7 @@ class JobReader:
     def __init__(self, client: aioredis.Redis, max_connections: int = 64) -> None:
         self.redis = client
         self.permits = asyncio.Semaphore(max_connections)
-        # A queued job's place, in fair order between tenants (worker/fair_queue.py).
+        # A queued job's place, in fair order between tenants (jobs/fair_queue.py).
         self._ahead = client.register_script(POSITION)
         self._layout = lua_layout()
 

@@ -1,6 +1,6 @@
 """The shapes clients see (spec/api.md), as models for the OpenAPI document.
 
-The read path builds these shapes as plain dicts (`api.views`) for speed; the tests validate its
+The read path builds these shapes as plain dicts (`jobs.view`) for speed; the tests validate its
 answers against these models, so the document and the answers cannot drift apart.
 """
 
@@ -12,7 +12,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 from core.params import StyleParams
-from worker.keys import JobStatus
+from jobs.keys import JobStatus
 
 
 class FieldError(BaseModel):

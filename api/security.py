@@ -25,7 +25,7 @@ from urllib.parse import urlsplit
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from api.problems import PROBLEM_MEDIA_TYPE
-from worker.problem_types import problem_type_uri
+from jobs.problems import problem_type_uri
 
 SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
 # An answer that is not a page (JSON, images, event streams) may load nothing and be framed by no one.

@@ -24,8 +24,8 @@ from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
 from api.problems import PROBLEM_MEDIA_TYPE
 from api.security import SECURITY_HEADER_LINES
-from worker.problem_types import problem_type_uri
-from worker.settings import get_settings
+from jobs.problems import problem_type_uri
+from jobs.settings import get_settings
 
 log = logging.getLogger("uvicorn.error")
 

@@ -15,7 +15,7 @@ from api.problems import file_problem, pydantic_errors, validation_problem
 from core.decode import DECODE_ERRORS, check_decodes, decoded_pixels
 from core.errors import InvalidImageError
 from core.params import StyleParams
-from worker.settings import Settings
+from jobs.settings import Settings
 
 
 def read_upload(upload: UploadFile, field: str) -> bytes:

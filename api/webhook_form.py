@@ -9,9 +9,9 @@ from starlette.datastructures import FormData
 
 from api.multipart import form_text
 from api.problems import validation_problem
-from worker.settings import Settings
-from worker.url_safety import UnsafeUrl, check_url, parse_url
-from worker.webhooks import DEFAULT_EVENTS, parse_events
+from jobs.settings import Settings
+from jobs.url_safety import UnsafeUrl, check_url, parse_url
+from jobs.webhooks import DEFAULT_EVENTS, parse_events
 
 
 @dataclass(frozen=True)

@@ -25,9 +25,9 @@ sys.path.insert(0, str(ROOT))
 
 from api.keys_file import add_key  # noqa: E402
 from bench.loadgen import PollLoad, poll_load, print_rounds  # noqa: E402
+from jobs.store import JobStore  # noqa: E402
 from tests.services import serve, submit  # noqa: E402
 from worker.local import free_port, nst_command, stop_processes, wait_for_http  # noqa: E402
-from worker.state import JobStore  # noqa: E402
 
 SAMPLES = ROOT / "examples" / "images"
 

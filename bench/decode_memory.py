@@ -50,7 +50,7 @@ if how == "reference":
 elif how == "api":
     from api.decode_budget import PixelBudget
     from api.uploads import check_image
-    from worker.settings import Settings
+    from jobs.settings import Settings
     settings = Settings()
     budget = PixelBudget(settings.decode_pixel_budget, 600)
     def check():

@@ -24,7 +24,7 @@ def create_app() -> FastAPI:
 if __name__ == "__main__":
     import uvicorn
 
-    from core.logs import uvicorn_log_config
+    from api.log_config import uvicorn_log_config
 
     uvicorn.run(
         "bench.no_metrics_app:create_app",

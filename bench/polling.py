@@ -25,9 +25,9 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from bench.loadgen import PollLoad, poll_load, print_rounds  # noqa: E402
+from jobs.store import JobStore  # noqa: E402
 from tests.services import Service, serve, submit  # noqa: E402
 from worker.local import free_port, stop_processes, wait_for_http  # noqa: E402
-from worker.state import JobStore  # noqa: E402
 
 SAMPLES = ROOT / "examples" / "images"
 BARE = "bare route: one async HGETALL"

@@ -21,7 +21,7 @@ import redis
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from worker.keys import WORKERS_KEY
+from jobs.keys import WORKERS_KEY
 from worker.local import free_port, nst_command, wait_for_http
 
 

@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import argparse
-import importlib
 import logging
 import sys
 import types
 import typing
 from collections.abc import Sequence
+from importlib.metadata import entry_points
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TextIO
 
@@ -21,9 +21,10 @@ from core.params import StyleParams
 if TYPE_CHECKING:
     from core.transfer import Progress
 
-# Subcommands of the service, present when its extras are installed. The modules import their
-# heavy dependencies (torch, Celery, uvicorn) only when their command runs.
-SERVICE_COMMANDS = ("worker.commands", "api.commands", "api.key_commands")
+# Other packages add subcommands through this entry-point group (the service's API and worker
+# do, pyproject.toml): each names a function that takes argparse's subparsers. A module that
+# cannot be imported (its extras are not installed) adds nothing.
+COMMAND_ENTRY_POINTS = "nst.commands"
 
 log = logging.getLogger("nst")
 
@@ -68,12 +69,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="load the VGG-19 weights that $NST_VGG_WEIGHTS names (downloads torchvision's into its cache)",
     )
     fetch.set_defaults(handler=run_fetch_weights)
-    for module_name in SERVICE_COMMANDS:
+    for entry_point in sorted(entry_points(group=COMMAND_ENTRY_POINTS), key=lambda e: e.name):
         try:
-            module = importlib.import_module(module_name)
-        except ImportError:  # installed without the service extras
+            add_commands = entry_point.load()
+        except ImportError:  # installed without the extras its commands need
             continue
-        module.add_commands(commands)
+        add_commands(commands)
     return parser
 
 

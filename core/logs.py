@@ -100,30 +100,6 @@ def configure_logging(level: int | str = logging.WARNING, stream: TextIO | None 
     threading.excepthook = _log_uncaught_in_thread
 
 
-def uvicorn_log_config(level: str = "info") -> dict[str, Any]:
-    """uvicorn's loggers through the same handler (dictConfig runs again in each of its processes)."""
-    return {
-        "version": 1,
-        "disable_existing_loggers": False,
-        "formatters": {"nst": {"()": "core.logs.make_formatter"}},
-        "filters": {"job": {"()": "core.logs.JobIdFilter"}},
-        "handlers": {
-            "default": {
-                "class": "logging.StreamHandler",
-                "formatter": "nst",
-                "filters": ["job"],
-                "stream": "ext://sys.stderr",
-            }
-        },
-        "loggers": {
-            "uvicorn": {"handlers": ["default"], "level": level.upper(), "propagate": False},
-            "uvicorn.error": {"level": level.upper()},
-            "uvicorn.access": {"handlers": ["default"], "level": level.upper(), "propagate": False},
-        },
-        "root": {"handlers": ["default"], "level": "INFO"},
-    }
-
-
 def _log_uncaught(kind: type[BaseException], value: BaseException, traceback: TracebackType | None) -> None:
     if issubclass(kind, KeyboardInterrupt):
         sys.__excepthook__(kind, value, traceback)

@@ -14,7 +14,7 @@ from api.problems import Problem
 from api.uploads import check_image
 from core.memory import estimate_bytes
 from core.params import StyleParams
-from worker.settings import Settings
+from jobs.settings import Settings
 
 
 def test_the_planned_size_is_the_upright_one_the_worker_sees() -> None:

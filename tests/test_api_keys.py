@@ -21,9 +21,9 @@ import redis
 
 from api.keys_file import KeyRing, KeysFileError, add_key, hash_key, read_keys, remove_key, write_keys
 from core.cli import main
+from jobs.tenancy import Limits, TenantLimits
 from tests.conftest import ROOT, SAMPLES
 from tests.services import Service, is_final, poll, serve, submit
-from worker.tenancy import Limits, TenantLimits
 
 COFFEE = SAMPLES / "coffee.png"
 STARRY = SAMPLES / "starry_night.jpg"

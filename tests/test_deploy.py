@@ -17,10 +17,10 @@ from pathlib import Path
 import httpx
 import pytest
 
+from jobs.settings import Settings
+from jobs.store import JobStore
 from tests.conftest import ROOT
 from worker.local import free_port, start_redis, stop_processes, wait_for_http
-from worker.settings import Settings
-from worker.state import JobStore
 
 
 def dockerfile_commands(name: str) -> tuple[list[str], list[str]]:

@@ -24,10 +24,10 @@ from fastapi import FastAPI
 from api.app import create_app
 from api.event_hub import OVERFLOW, EventHub
 from api.reader import JobReader
-from worker.keys import JobRecord, events_key, job_key, new_job_id
+from jobs.keys import JobRecord, events_key, job_key, new_job_id
+from jobs.settings import Settings
+from jobs.store import JobStore
 from worker.local import free_port, nst_command, start_redis, stop_processes, wait_for_http
-from worker.settings import Settings
-from worker.state import JobStore
 
 
 @pytest.fixture(scope="module")

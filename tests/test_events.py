@@ -13,10 +13,10 @@ from typing import Any
 import httpx
 import pytest
 
+from jobs.keys import events_key
+from jobs.store import JobStore
 from tests.conftest import SAMPLES
 from tests.services import Service, is_final, poll, serve, submit
-from worker.keys import events_key
-from worker.state import JobStore
 
 COFFEE = SAMPLES / "coffee.png"
 STARRY = SAMPLES / "starry_night.jpg"

@@ -10,11 +10,11 @@ from collections.abc import Iterator
 import httpx
 import pytest
 
+from jobs.keys import content_key
+from jobs.store import JobStore
 from tests.conftest import SAMPLES
 from tests.services import Service, is_final, poll, serve, submit
-from worker.keys import content_key
 from worker.local import start_redis, stop_processes, wait_for_http
-from worker.state import JobStore
 
 COFFEE = SAMPLES / "coffee.png"
 STARRY = SAMPLES / "starry_night.jpg"

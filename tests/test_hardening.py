@@ -25,10 +25,10 @@ import redis
 from PIL import Image
 
 from api.keys_file import add_key
+from jobs.keys import content_key, style_key
+from jobs.tenancy import Limits, TenantLimits
 from tests.conftest import SAMPLES, gradient_image
 from tests.services import Service, is_final, poll, serve
-from worker.keys import content_key, style_key
-from worker.tenancy import Limits, TenantLimits
 
 STARRY = SAMPLES / "starry_night.jpg"
 LONG = {"iterations": 20000, "height": 32, "width": 32}  # runs until canceled
@@ -107,8 +107,8 @@ def nothing_left_running(request: pytest.FixtureRequest) -> Iterator[None]:
     yield
     if "clients" not in request.fixturenames:
         return
-    from worker.keys import QUEUE_KEY, RUNNING_KEY
-    from worker.state import JobStore
+    from jobs.keys import QUEUE_KEY, RUNNING_KEY
+    from jobs.store import JobStore
 
     service: Service = request.getfixturevalue("keyed")
     jobs = JobStore.from_url(service.redis_url, 3600)
@@ -305,7 +305,7 @@ def test_one_key_s_backlog_does_not_hold_back_another_key_s_first_job(clients: d
 
 
 def test_the_active_jobs_limit_has_a_default() -> None:
-    from worker.settings import Settings
+    from jobs.settings import Settings
 
     assert Settings().max_active_jobs_per_key == 100
 
@@ -527,9 +527,9 @@ def test_a_client_that_leaves_mid_upload_is_neither_a_500_nor_a_traceback(
 def test_jobs_an_earlier_version_queued_join_the_fair_queue_when_a_worker_starts(tmp_path: Path) -> None:
     """An upgrade: the queue holds jobs written before tenant queues existed; a worker of this
     version must still run them, at their place."""
-    from worker.keys import OPEN_TENANT, QUEUE_KEY, TENANTS_KEY, JobRecord, new_job_id, tenant_queue_key
+    from jobs.keys import OPEN_TENANT, QUEUE_KEY, TENANTS_KEY, JobRecord, new_job_id, tenant_queue_key
+    from jobs.store import JobStore
     from worker.local import free_port, start_redis, stop_processes
-    from worker.state import JobStore
 
     port = free_port()
     server = start_redis(port, tmp_path / "redis")
@@ -578,8 +578,8 @@ def test_admitting_the_same_job_twice_takes_its_bytes_and_place_once(empty_redis
 
 
 def test_a_claim_or_a_finish_made_twice_changes_nothing_the_second_time(empty_redis: redis.Redis) -> None:
-    from worker.keys import JobRecord, checkpoint_key, new_job_id, result_key
-    from worker.state import JobStore
+    from jobs.keys import JobRecord, checkpoint_key, new_job_id, result_key
+    from jobs.store import JobStore
 
     store = JobStore(empty_redis, 3600)
     first, second = (JobRecord(id=new_job_id(), params={"iterations": 5}, style_count=1) for _ in range(2))
@@ -599,8 +599,8 @@ def test_a_claim_or_a_finish_made_twice_changes_nothing_the_second_time(empty_re
 
 
 def test_a_stale_id_at_the_head_of_a_queue_holds_back_no_job(empty_redis: redis.Redis) -> None:
-    from worker.keys import OPEN_TENANT, QUEUE_KEY, JobRecord, new_job_id, tenant_queue_key
-    from worker.state import JobStore
+    from jobs.keys import OPEN_TENANT, QUEUE_KEY, JobRecord, new_job_id, tenant_queue_key
+    from jobs.store import JobStore
 
     store = JobStore(empty_redis, 3600)
     waiting = JobRecord(id=new_job_id(), params={"iterations": 5}, style_count=1)
@@ -654,10 +654,10 @@ def test_a_checkpoint_this_version_cannot_read_starts_the_job_over(
     """After an upgrade a resumed job may find a checkpoint of another version's making."""
     import logging
 
-    from worker.keys import JobRecord, new_job_id
+    from jobs.keys import JobRecord, new_job_id
+    from jobs.settings import Settings
+    from jobs.store import JobStore
     from worker.runner import WorkerContext, run_job
-    from worker.settings import Settings
-    from worker.state import JobStore
 
     port = empty_redis.connection_pool.connection_kwargs["port"]
     settings = Settings(redis_url=f"redis://127.0.0.1:{port}/0", device="cpu")

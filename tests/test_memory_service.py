@@ -30,7 +30,7 @@ def service(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Service]:
 def test_workers_report_their_budget_and_a_job_none_can_hold_is_422_at_submit(
     service: Service, client: httpx.Client
 ) -> None:
-    from worker.state import JobStore
+    from jobs.store import JobStore
 
     store = JobStore.from_url(service.redis_url, 60)
     reports = store.live_worker_info(10)

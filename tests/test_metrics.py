@@ -1,5 +1,5 @@
 """`GET /metrics`: Prometheus' text format, HTTP requests by route template, and the service's job
-and worker metrics kept in Redis (worker/telemetry.py), each job counted once at its end."""
+and worker metrics kept in Redis (jobs/telemetry.py), each job counted once at its end."""
 
 from __future__ import annotations
 
@@ -19,12 +19,12 @@ from starlette.responses import JSONResponse, PlainTextResponse, StreamingRespon
 from starlette.routing import Route
 
 from api.metrics import UNMATCHED, ClusterCollector, HttpMetrics, HttpMetricsMiddleware
+from jobs import telemetry
+from jobs.keys import JobRecord, lease_key, new_job_id
+from jobs.store import JobStore
 from tests.conftest import SAMPLES
 from tests.services import Service, is_final, poll, serve, submit
-from worker import telemetry
-from worker.keys import JobRecord, lease_key, new_job_id
 from worker.local import free_port, start_redis, stop_processes
-from worker.state import JobStore
 
 Samples = dict[tuple[str, frozenset[tuple[str, str]]], float]
 

@@ -17,9 +17,9 @@ import httpx
 import pytest
 
 from api.schemas import JobPublic
+from jobs.problems import PROBLEM_TYPES
 from tests.conftest import SAMPLES
 from tests.services import Service, is_final, poll, serve, submit
-from worker.problem_types import PROBLEM_TYPES
 
 COFFEE = SAMPLES / "coffee.png"
 STARRY = SAMPLES / "starry_night.jpg"
@@ -220,7 +220,7 @@ def test_a_bug_is_answered_as_a_500_problem_too() -> None:
     import asyncio
 
     from api.app import create_app
-    from worker.settings import Settings
+    from jobs.settings import Settings
 
     app = create_app(Settings(redis_url="redis://127.0.0.1:1/0"))
 

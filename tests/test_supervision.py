@@ -17,11 +17,11 @@ import httpx
 import pytest
 import redis
 
+from jobs.keys import WORKERS_KEY
+from jobs.store import JobStore
 from tests.conftest import SAMPLES
 from tests.services import is_final, poll, submit
-from worker.keys import WORKERS_KEY
 from worker.local import free_port, nst_command, wait_for_http, worker_devices
-from worker.state import JobStore
 from worker.supervisor import Child, Supervisor, backoff_seconds, exit_reason
 
 COFFEE = SAMPLES / "coffee.png"

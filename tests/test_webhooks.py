@@ -23,15 +23,15 @@ from standardwebhooks import Webhook
 
 from api.problems import Problem
 from api.webhook_form import WebhookRequest, check_webhook
+from jobs.keys import JOBS_KEY, JobRecord, job_key, new_job_id
+from jobs.settings import Settings, check_secret
+from jobs.store import JobStore
+from jobs.telemetry import WEBHOOK_DELIVERIES_KEY
+from jobs.url_safety import CheckedUrl, Unresolvable, UnsafeUrl, check_url, forbidden_reason
+from jobs.webhooks import JITTER, MAX_RETRIES, announce, parse_events, retry_delay
 from tests.conftest import SAMPLES
 from tests.services import Service, is_final, poll, serve, submit
-from worker.keys import JOBS_KEY, JobRecord, job_key, new_job_id
-from worker.settings import Settings
-from worker.state import JobStore
-from worker.telemetry import WEBHOOK_DELIVERIES_KEY
-from worker.url_safety import CheckedUrl, Unresolvable, UnsafeUrl, check_url, forbidden_reason
-from worker.webhook_delivery import check_secret, deliver, post_to, signed_headers, verdict_for
-from worker.webhooks import JITTER, MAX_RETRIES, announce, parse_events, retry_delay
+from worker.webhook_delivery import deliver, post_to, signed_headers, verdict_for
 
 SECRET = "whsec_" + base64.b64encode(b"0123456789abcdef0123456789abcdef").decode()
 COFFEE = SAMPLES / "coffee.png"
@@ -366,7 +366,7 @@ def no_flag(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Service]:
 
 
 def deliveries(service: Service) -> dict[str, int]:
-    """The webhook delivery counters (worker/telemetry.py) as Redis holds them."""
+    """The webhook delivery counters (jobs/telemetry.py) as Redis holds them."""
     client = redis.Redis.from_url(service.redis_url)
     return {k.decode(): int(v) for k, v in client.hgetall(WEBHOOK_DELIVERIES_KEY).items()}
 
@@ -496,7 +496,7 @@ def test_a_public_webhook_is_stored_with_its_events(no_flag: Service) -> None:
 
 
 def test_an_internationalised_host_is_checked_and_sent_in_its_ascii_form(monkeypatch: pytest.MonkeyPatch) -> None:
-    import worker.url_safety as url_safety
+    import jobs.url_safety as url_safety
 
     asked: list[str] = []
 

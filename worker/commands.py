@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import contextlib
 import logging
 from typing import TextIO
 
@@ -20,10 +19,6 @@ def add_commands(commands: argparse._SubParsersAction) -> None:  # type: ignore[
     worker.add_argument("--loglevel", default="INFO")
     worker.add_argument("--no-banner", action="store_true", help="leave out Celery's start-up banner (nst up does)")
     worker.set_defaults(handler=run_worker)
-
-    from worker.webhook_worker import add_webhook_command
-
-    add_webhook_command(commands)  # `nst webhooks`
 
     up = commands.add_parser(
         "up",
@@ -47,9 +42,10 @@ def run_worker(args: argparse.Namespace, stderr: TextIO) -> None:
         os.environ["NST_DEVICE"] = args.device
     logging.getLogger().setLevel(args.loglevel.upper())
     from core.logs import log_format
+    from worker.celery_logging import keep_our_logging
 
     keep_our_logging()
-    from worker.celery_app import QUEUE_NAME, get_celery_app
+    from jobs.queue import QUEUE_NAME, get_celery_app
     from worker.heartbeat import start_heartbeat
     from worker.runner import worker_context
     from worker.warmup import warm_up
@@ -69,6 +65,7 @@ def run_worker(args: argparse.Namespace, stderr: TextIO) -> None:
     log.info("memory budget %d bytes on %s (%s)", profile.memory_budget_bytes, profile.device, profile.precision)
     stop = start_heartbeat(context)
     app = get_celery_app()
+    app.conf.include = ["worker.tasks"]  # the job task; the API's processes only send it
     from celery.signals import worker_ready
 
     # Consuming its queue from now on: `nst up` waits for this before it says the stack is up.
@@ -96,34 +93,6 @@ def run_worker(args: argparse.Namespace, stderr: TextIO) -> None:
             context.store.remove_worker(context.name)
         except Exception as exc:  # Redis away: the entry ages out of the live set by itself
             log.warning("could not say this worker stopped: %s", exc)
-
-
-def keep_our_logging() -> None:
-    """Celery leaves logging as core/logs.py set it up, and prints nothing outside a record."""
-    from celery.signals import setup_logging
-
-    from core.logs import log_format
-
-    # Any receiver here makes Celery leave logging alone and stop redirecting stdout and stderr
-    # to a logger, which split a traceback into a record per write.
-    setup_logging.connect(lambda **_: None, weak=False)
-    if log_format() == "json":
-        import celery.apps.worker
-
-        # Celery writes "worker: Warm shutdown" straight to the file descriptor: as a record instead.
-        celery.apps.worker.safe_say = say_as_record  # type: ignore[assignment]
-
-
-def say_as_record(message: str, stream: object = None) -> None:
-    """A line Celery would print, as one JSON record written with os.write (it runs in signal
-    handlers, where taking the logging lock of another thread could wait forever)."""
-    import os
-
-    from core.logs import make_formatter
-
-    record = logging.LogRecord("celery.apps.worker", logging.WARNING, __file__, 0, message.strip(), None, None)
-    with contextlib.suppress(OSError):
-        os.write(2, (make_formatter().format(record) + "\n").encode())
 
 
 def run_up(args: argparse.Namespace, stderr: TextIO) -> None:

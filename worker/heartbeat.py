@@ -6,9 +6,9 @@ from __future__ import annotations
 import logging
 import threading
 
-from worker.celery_app import QUEUE_NAME, TASK_NAME, get_celery_app
+from jobs.queue import QUEUE_NAME, TASK_NAME, get_celery_app
+from jobs.webhooks import announce
 from worker.runner import WorkerContext
-from worker.webhooks import announce
 
 log = logging.getLogger(__name__)
 

@@ -192,8 +192,8 @@ def wait_until_ready(
     only real ones. StartFailure with the child's own last error line if one exits meanwhile."""
     import redis
 
-    from worker.keys import webhook_worker_name, worker_name
-    from worker.state import JobStore
+    from jobs.keys import webhook_worker_name, worker_name
+    from jobs.store import JobStore
     from worker.supervisor import exit_reason
 
     store = JobStore.from_url(redis_url, 60)

@@ -34,12 +34,12 @@ from core.scales import plan_stages
 from core.sizes import working_size
 from core.transfer import Progress, StyleResult, stylize
 from core.weights import WeightsSource
-from worker.keys import JobRecord, history_line, worker_name
-from worker.problem_types import problem_type_uri
+from jobs.keys import JobRecord, history_line, worker_name
+from jobs.problems import problem_type_uri
+from jobs.settings import Settings, get_settings
+from jobs.store import JobStore
+from jobs.webhooks import announce
 from worker.progress_writer import OrderedWriter
-from worker.settings import Settings, get_settings
-from worker.state import JobStore
-from worker.webhooks import announce
 
 log = logging.getLogger(__name__)
 
@@ -286,7 +286,7 @@ class ProgressPublisher:
 
 
 def run_job(job_id: str, context: WorkerContext | None = None) -> None:
-    """Take one turn: claim the next queued job in fair order between tenants (worker/fair_queue.py)
+    """Take one turn: claim the next queued job in fair order between tenants (jobs/fair_queue.py)
     and run it to its end. `job_id` names the submission whose message this turn is; that job
     may run now or on another turn. A turn that finds nothing queued ends at once."""
     context = context or worker_context()

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from celery import shared_task
 
-from worker.celery_app import TASK_NAME
+from jobs.queue import TASK_NAME
 from worker.runner import run_job
 
 

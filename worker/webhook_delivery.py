@@ -1,11 +1,9 @@
 """One webhook delivery attempt: sign the message (Standard Webhooks), check the address again,
-POST to that very address, and say what came of it. No Celery here: worker/webhooks.py decides
+POST to that very address, and say what came of it. No Celery here: jobs/webhooks.py decides
 what an attempt's verdict means for the next one."""
 
 from __future__ import annotations
 
-import base64
-import binascii
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Literal
@@ -13,11 +11,10 @@ from typing import Literal
 import httpx
 from standardwebhooks import Webhook
 
-from worker.url_safety import CheckedUrl, Unresolvable, UnsafeUrl, check_url
+from jobs.url_safety import CheckedUrl, Unresolvable, UnsafeUrl, check_url
 
 TIMEOUT_SECONDS = 5.0  # to connect, and between bytes sent or received
 MAX_ADDRESSES = 3  # a host with many addresses: try this many before calling it unreachable
-MIN_SECRET_BYTES = 16
 USER_AGENT = "neural-style-service-webhooks"
 
 # delivered: 2xx. retry: may pass (5xx, 408, 429, a timeout, no connection, a name that does not
@@ -30,17 +27,6 @@ Verdict = Literal["delivered", "retry", "failed", "refused"]
 class Attempt:
     verdict: Verdict
     detail: str  # for the log: "HTTP 500", "timed out", ...
-
-
-def check_secret(secret: str) -> None:
-    """ValueError unless `secret` is `whsec_` (optional) and at least 16 bytes of base64."""
-    raw = secret.removeprefix("whsec_")
-    try:
-        key = base64.b64decode(raw + "=" * (-len(raw) % 4), validate=True)
-    except (binascii.Error, ValueError) as exc:
-        raise ValueError("NST_WEBHOOK_SECRET must be whsec_ followed by base64") from exc
-    if len(key) < MIN_SECRET_BYTES:
-        raise ValueError(f"NST_WEBHOOK_SECRET must hold at least {MIN_SECRET_BYTES} bytes (base64)")
 
 
 def signed_headers(secret: str, message_id: str, payload: str, now: datetime | None = None) -> dict[str, str]:

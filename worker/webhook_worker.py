@@ -35,28 +35,28 @@ def run_webhook_worker(args: argparse.Namespace, stderr: TextIO) -> None:
         raise ValueError("--concurrency must be at least 1")
     logging.getLogger().setLevel(args.loglevel.upper())
     # httpx logs every request with its whole URL, whose query may hold the receiver's token;
-    # worker.webhooks logs each attempt with the host alone.
+    # jobs.webhooks logs each attempt with the host alone.
     logging.getLogger("httpx").setLevel(logging.WARNING)
     from core.logs import log_format
-    from worker.celery_app import make_celery_app
-    from worker.commands import keep_our_logging
-    from worker.settings import get_settings
-    from worker.webhooks import WEBHOOK_QUEUE
+    from jobs.queue import make_celery_app
+    from jobs.settings import get_settings
+    from jobs.webhooks import WEBHOOK_QUEUE
+    from worker.celery_logging import keep_our_logging
 
     keep_our_logging()
     settings = get_settings()
     app = make_celery_app(settings)
     from celery.signals import worker_ready
 
-    from worker.keys import webhook_worker_name
-    from worker.state import JobStore
+    from jobs.keys import webhook_worker_name
+    from jobs.store import JobStore
 
     store = JobStore.from_url(settings.redis_url, settings.job_ttl_seconds)
     name = webhook_worker_name(socket.gethostname(), os.getpid())
     worker_ready.connect(lambda **_: store.mark_ready(name), weak=False)  # `nst up` waits for it
     # Only the delivery task: the job task's module imports torch, which this worker neither
     # needs nor (in the API's image) has.
-    app.conf.include = ["worker.webhooks"]
+    app.conf.include = ["worker.webhook_tasks"]
     app.worker_main(
         [
             *(["--quiet"] if log_format() == "json" or args.no_banner else []),  # the banner is not a record

@@ -17,7 +17,7 @@ from api.openapi import UNAVAILABLE, event_stream_content, problems
 from api.problems import not_found
 from api.reader import JobReader
 from api.schemas import LossHistory
-from worker.keys import TERMINAL
+from jobs.keys import TERMINAL
 
 router = APIRouter(prefix="/jobs", tags=["jobs"])
 

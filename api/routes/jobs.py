@@ -25,14 +25,14 @@ from api.problems import Problem, not_found, validation_problem
 from api.reader import JobReader
 from api.schemas import JobList, JobPublic
 from api.uploads import check_image, parse_params, read_upload
-from api.views import job_url, job_view
 from api.webhook_form import WebhookRequest, check_webhook, read_webhook_fields
-from worker.celery_app import QUEUE_NAME, TASK_NAME
-from worker.keys import JobRecord, is_job_id, new_job_id, tenant_of, utc_now
-from worker.settings import Settings
-from worker.state import JobStore
-from worker.tenancy import Limits, Refusal, TenantLimits
-from worker.webhooks import announce
+from jobs.keys import JobRecord, is_job_id, new_job_id, tenant_of, utc_now
+from jobs.queue import QUEUE_NAME, TASK_NAME
+from jobs.settings import Settings
+from jobs.store import JobStore
+from jobs.tenancy import Limits, Refusal, TenantLimits
+from jobs.view import job_url, job_view
+from jobs.webhooks import announce
 
 log = logging.getLogger(__name__)
 router = APIRouter(prefix="/jobs", tags=["jobs"])

@@ -19,7 +19,7 @@ from api.problems import not_found
 from api.schemas import ParameterSchema, UploadLimits
 from api.security import PAGE_CSP, inline_hashes
 from core.params import StyleParams
-from worker.problem_types import PROBLEM_TYPES
+from jobs.problems import PROBLEM_TYPES
 
 WEB_DIR = Path(__file__).resolve().parent.parent / "web"
 STATIC = "/static"

@@ -23,7 +23,7 @@ from typing import Literal, get_args
 
 import redis
 
-from worker.keys import PREFIX
+from jobs.keys import PREFIX
 
 METRICS_PREFIX = f"{PREFIX}:metrics"
 JOBS_TOTAL_KEY = f"{METRICS_PREFIX}:jobs"

@@ -1,6 +1,6 @@
 """Writes of job state (and the worker's reads), synchronous: the worker and the API's submit and cancel.
 
-The key layout and the job record are in `worker/keys.py`. Status changes go through Lua scripts,
+The key layout and the job record are in `jobs/keys.py`. Status changes go through Lua scripts,
 atomic in Redis: a job that was canceled while queued cannot be started, and a finished job
 cannot be reopened. Every change a watcher cares about (a status, progress, a snapshot) adds an
 entry to the job's event stream in the same transaction, so a client that sees an event can read
@@ -16,9 +16,9 @@ from typing import Any
 
 import redis
 
-from worker import telemetry
-from worker.fair_queue import NEXT_JOB_LUA, POSITION, TENANCY_LUA
-from worker.keys import (
+from jobs import telemetry
+from jobs.fair_queue import NEXT_JOB_LUA, POSITION, TENANCY_LUA
+from jobs.keys import (
     EVENTS_MAXLEN,
     JOBS_KEY,
     QUEUE_KEY,
@@ -52,7 +52,7 @@ from worker.keys import (
     tenant_queue_key,
     utc_now,
 )
-from worker.problem_types import problem_type_uri
+from jobs.problems import problem_type_uri
 
 # Prepended to every script that reports a change: one stream entry, and the stream's expiry.
 _EMIT = """
@@ -99,7 +99,7 @@ return {0, status}
 )
 
 # Claim a queued job for one run: the job ARGV[1] names, or with ARGV[1] "" the next one in fair
-# order (worker/fair_queue.py). KEYS: queue, running set, served hash, serve counter. ARGV: job id
+# order (jobs/fair_queue.py). KEYS: queue, running set, served hash, serve counter. ARGV: job id
 # or "", fields (JSON object of JSON values, run_token among them; `attempts` counts up by itself
 # unless given), the token (JSON), lease seconds, now (JSON, for a first start), stream length,
 # its TTL, layout. Returns {job id, attempts, created_at (JSON), 1} when claimed (0 last: this
@@ -155,7 +155,7 @@ return false
 
 # A running job whose lease has gone: its worker died. Queue it again at its old place (in its
 # tenant's queue too), or fail it after max attempts. KEYS: job hash, lease, running set, queue,
-# event stream, the final-status counters (worker/telemetry.py). ARGV: job id, max attempts, the
+# event stream, the final-status counters (jobs/telemetry.py). ARGV: job id, max attempts, the
 # failed fields (JSON object of JSON values), the failed and the requeued events' data, stream
 # length, its TTL, layout. Returns 'alive', 'gone', 'requeued', 'failed'.
 _REAP = (
@@ -394,7 +394,7 @@ class JobStore:
         return True, "queued"
 
     def claim_next(self, fields: dict[str, Any], run_token: str, lease_seconds: int) -> tuple[str, int] | None:
-        """queued -> running of the next job in fair order between tenants (worker/fair_queue.py)
+        """queued -> running of the next job in fair order between tenants (jobs/fair_queue.py)
         for one run, with its lease; (its id, its attempt), or None when nothing is queued."""
         reply = self._claim_reply("", fields, run_token, lease_seconds)
         if reply[0] is None:

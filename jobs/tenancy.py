@@ -23,7 +23,7 @@ from dataclasses import dataclass
 
 import redis
 
-from worker.keys import (
+from jobs.keys import (
     held_jobs_key,
     held_total_key,
     held_until_key,

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import base64
+import binascii
 from functools import lru_cache
 from pathlib import Path
 
@@ -99,8 +101,6 @@ class Settings(BaseSettings):
     @classmethod
     def _webhook_secret_format(cls, value: SecretStr | None) -> SecretStr | None:
         """A malformed secret stops the process at start, not each delivery."""
-        from worker.webhook_delivery import check_secret
-
         if value is not None and value.get_secret_value():
             check_secret(value.get_secret_value())
             return value
@@ -133,3 +133,17 @@ class Settings(BaseSettings):
 @lru_cache(maxsize=1)
 def get_settings() -> Settings:
     return Settings()
+
+
+MIN_SECRET_BYTES = 16
+
+
+def check_secret(secret: str) -> None:
+    """ValueError unless `secret` is `whsec_` (optional) and at least 16 bytes of base64."""
+    raw = secret.removeprefix("whsec_")
+    try:
+        key = base64.b64decode(raw + "=" * (-len(raw) % 4), validate=True)
+    except (binascii.Error, ValueError) as exc:
+        raise ValueError("NST_WEBHOOK_SECRET must be whsec_ followed by base64") from exc
+    if len(key) < MIN_SECRET_BYTES:
+        raise ValueError(f"NST_WEBHOOK_SECRET must hold at least {MIN_SECRET_BYTES} bytes (base64)")

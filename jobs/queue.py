@@ -1,4 +1,5 @@
-"""The Celery app, made on first use from the settings (not at import, not from os.environ)."""
+"""The queue: the Celery app, made on first use from the settings (not at import, not from
+os.environ), and the task and queue names that a job's turn is sent with."""
 
 from __future__ import annotations
 
@@ -6,7 +7,7 @@ from functools import lru_cache
 
 from celery import Celery
 
-from worker.settings import Settings, get_settings
+from jobs.settings import Settings, get_settings
 
 TASK_NAME = "nst.stylize"
 QUEUE_NAME = "nst"
@@ -18,7 +19,9 @@ def get_celery_app() -> Celery:
 
 
 def make_celery_app(settings: Settings) -> Celery:
-    app = Celery("nst", broker=settings.redis_url, backend=settings.redis_url, include=["worker.tasks"])
+    """The app that sends tasks (the API, the heartbeat, webhook announcements); a worker process
+    adds the module of the tasks it runs to `app.conf.include` before it starts."""
+    app = Celery("nst", broker=settings.redis_url, backend=settings.redis_url)
     app.conf.update(
         task_default_queue=QUEUE_NAME,
         task_serializer="json",
