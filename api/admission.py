@@ -7,54 +7,43 @@ does not fit. With no live worker the job is queued: the worker that takes it ch
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from typing import Any
 
 from api.problems import Problem, validation_problem
 from core.decode import Size
-from core.memory import plan, too_big_detail
+from core.memory import JobTooBig, fit_job
 from core.params import StyleParams
 from core.scales import plan_stages
 from core.sizes import working_size
-from jobs.settings import Settings
-from jobs.store import JobStore
 
 
-def admit(store: JobStore, settings: Settings, params: StyleParams, original: Size) -> None:
-    """Raise a 422 problem if the job cannot run on any live worker (or its scales do not fit
-    its working size)."""
-    size = working_size(original, params)
+def admit(reports: Iterable[dict[str, Any]], params: StyleParams, original: Size) -> None:
+    """Raise a 422 problem if the job cannot run on any of the live workers that sent `reports`
+    (jobs/workers.py), or if its scales do not fit its working size."""
     try:
-        stages = plan_stages(params, size)
+        plan_stages(params, working_size(original, params))
     except ValueError as exc:
         raise validation_problem([{"field": "params.scales", "message": str(exc)}]) from exc
-    workers = [w for w in map(_profile, store.live_worker_info(3 * settings.worker_heartbeat_seconds)) if w]
-    if not workers:
-        return
-    needed_on_largest = 0
-    largest = -1
+    workers = [w for w in map(_profile, reports) if w]
+    refusals: list[JobTooBig] = []
     for device_type, precision, budget in workers:
-        estimate = plan(
-            size,
-            params,
-            budget,
-            device_type=device_type,
-            precision=precision,
-            original=original,
-            sizes=[stage.size for stage in stages[:-1]],
-        )
-        if estimate.bytes <= budget:
+        whose = "the largest memory budget among the live workers"
+        try:
+            fit_job(params, original, budget, device_type=device_type, precision=precision, whose=whose)
+        except JobTooBig as refusal:
+            refusals.append(refusal)
+        else:
             return
-        if budget > largest:
-            largest, needed_on_largest = budget, estimate.bytes
-    raise Problem(
-        422,
-        "too-much-memory",
-        "Job too large for memory",
-        too_big_detail(size, needed_on_largest, largest, "the largest memory budget among the live workers"),
-        working_size={"height": size[0], "width": size[1]},
-        memory_needed_bytes=needed_on_largest,
-        memory_budget_bytes=largest,
-    )
+    if refusals:  # no live worker: the job is queued, and the worker that takes it checks again
+        largest = max(refusals, key=lambda refusal: refusal.budget)
+        raise Problem(
+            "too-much-memory",
+            str(largest),
+            working_size={"height": largest.size[0], "width": largest.size[1]},
+            memory_needed_bytes=largest.needed,
+            memory_budget_bytes=largest.budget,
+        )
 
 
 def _profile(info: dict[str, Any]) -> tuple[Any, Any, int] | None:

@@ -16,11 +16,11 @@ from api.limits import BodySizeLimit
 from api.metrics import HttpMetricsMiddleware, ServiceMetrics
 from api.openapi import install_openapi
 from api.problems import install_problem_handlers
-from api.reader import JobReader
 from api.routes import events, health, images, jobs, metrics, web
 from api.routes.jobs import tenant_limits
 from api.security import RequestGuard
 from jobs.queue import make_celery_app
+from jobs.reader import JobReader
 from jobs.settings import Settings, get_settings
 from jobs.store import JobStore
 
@@ -45,7 +45,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         yield
         await hub.stop()
         await app.state.reader.close()
-        app.state.store.redis.close()
+        app.state.store.close()
 
     app = FastAPI(
         title="neural-style-service",
@@ -63,7 +63,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.tenant_limits = tenant_limits(app.state.store, settings)
     app.state.decode_budget = PixelBudget(settings.decode_pixel_budget, settings.decode_wait_seconds)
     app.state.keyring = load_keyring(settings)  # None: no NST_API_KEYS_FILE, the service is open
-    app.state.metrics = ServiceMetrics(app.state.store.redis, 3 * settings.worker_heartbeat_seconds)
+    app.state.metrics = ServiceMetrics(app.state.store.redis, settings.worker_heartbeat_seconds)
     install_problem_handlers(app)
     install_openapi(app)
     for module in (jobs, images, events, health, metrics, web):

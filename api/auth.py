@@ -33,7 +33,7 @@ def unauthorized(detail: str, error: str | None = None) -> Problem:
     challenge = f'Bearer realm="{REALM}"'
     if error:
         challenge += f', error="{error}", error_description="{detail}"'
-    return Problem(401, "unauthorized", "Unauthorized", detail, headers={"WWW-Authenticate": challenge})
+    return Problem("unauthorized", detail, headers={"WWW-Authenticate": challenge})
 
 
 def authenticate(request: Request) -> str | None:

@@ -41,10 +41,10 @@ class PixelBudget:
         with self._changed:
             if not self._changed.wait_for(lambda: self.in_use + wanted <= self.capacity, timeout=self.wait_seconds):
                 raise Problem(
-                    503, "busy", "Server busy",
+                    "busy",
                     f"this server is decoding as many pixels as it may at once ({self.capacity}); try again shortly",
                     headers={"Retry-After": str(BUSY_RETRY_AFTER_SECONDS)},
-                )  # fmt: skip
+                )
             self.in_use += wanted
         try:
             yield

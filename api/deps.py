@@ -10,7 +10,7 @@ from fastapi import Depends, Request
 
 from api.event_hub import EventHub
 from api.problems import not_found
-from api.reader import JobReader
+from jobs.reader import JobReader
 from jobs.settings import Settings
 from jobs.store import JobStore
 

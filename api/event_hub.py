@@ -18,8 +18,8 @@ import orjson
 import redis
 import redis.asyncio as aioredis
 
-from api.reader import JobReader, RawEvent, loads
-from jobs.keys import TERMINAL, events_key
+from jobs.reader import JobReader, RawEvent, read_new_events
+from jobs.record import TERMINAL, decode_value
 from jobs.view import event_view
 
 log = logging.getLogger(__name__)
@@ -72,7 +72,7 @@ async def build_events(reader: JobReader, job_id: str, raws: list[RawEvent]) -> 
     for entry_id, fields in raws:
         kind = fields.get(b"type", b"").decode(errors="replace")
         try:
-            data = loads(fields.get(b"data", b"{}"))
+            data = decode_value(fields.get(b"data", b"{}"))
         except ValueError:
             log.warning("job %s: event %s is not JSON; left out", job_id, entry_id.decode())
             continue
@@ -149,23 +149,22 @@ class EventHub:
                 self._wake.clear()
                 await self._wake.wait()
                 continue
-            watched = {events_key(job_id): job_id for job_id in self.feeds}
-            streams = {key: self.feeds[job_id].last_id for key, job_id in watched.items()}
+            positions = {job_id: feed.last_id for job_id, feed in self.feeds.items()}
             try:
-                replies = await self.redis.xread(streams, count=READ_COUNT, block=self.block_ms)
+                replies = await read_new_events(self.redis, positions, READ_COUNT, self.block_ms)
             except redis.RedisError as exc:  # Redis restarting: clients get keep-alives meanwhile
                 log.warning("event hub: Redis unavailable (%s); retrying", exc)
                 await asyncio.sleep(1.0)
                 continue
             # Each job on its own: one that fails does not hold back the others.
-            for key, entries in replies or []:
+            for job_id, entries in replies:
                 try:
-                    await self._dispatch(watched[key.decode()], entries)
+                    await self._dispatch(job_id, entries)
                 except redis.RedisError as exc:  # its position stays: read again next round
-                    log.warning("event hub: job %s: Redis unavailable (%s); retrying", key.decode(), exc)
+                    log.warning("event hub: job %s: Redis unavailable (%s); retrying", job_id, exc)
                 except Exception:  # a bug: skip these entries rather than stall this job's streams
-                    log.exception("event hub: job %s: could not dispatch events; skipped", key.decode())
-                    feed = self.feeds.get(watched[key.decode()])
+                    log.exception("event hub: job %s: could not dispatch events; skipped", job_id)
+                    feed = self.feeds.get(job_id)
                     if feed is not None:
                         feed.last_id = entries[-1][0]
 

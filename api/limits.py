@@ -7,7 +7,7 @@ import json
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from api.problems import PROBLEM_MEDIA_TYPE
-from jobs.problems import problem_type_uri
+from jobs.problems import problem_body
 
 
 class BodySizeLimit:
@@ -51,13 +51,9 @@ class BodySizeLimit:
 
     async def _refuse(self, scope: Scope, send: Send) -> None:
         body = json.dumps(
-            {
-                "type": problem_type_uri("too-large"),
-                "title": "Request too large",
-                "status": 413,
-                "detail": f"the request body is larger than {self.max_bytes} bytes",
-                "instance": scope.get("path", ""),
-            }
+            problem_body(
+                "too-large", f"the request body is larger than {self.max_bytes} bytes", instance=scope.get("path", "")
+            )
         ).encode()
         await send(
             {

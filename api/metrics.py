@@ -14,10 +14,8 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Iterable, Iterator, Sequence
-from dataclasses import dataclass
 from typing import Any
 
-import orjson
 import redis
 from prometheus_client import CollectorRegistry, Counter, Histogram, ProcessCollector
 from prometheus_client.metrics_core import (
@@ -33,7 +31,6 @@ from starlette.routing import BaseRoute, Match
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from jobs import telemetry
-from jobs.keys import QUEUE_KEY, RUNNING_KEY, WORKER_INFO_KEY, WORKERS_KEY
 
 log = logging.getLogger(__name__)
 
@@ -136,36 +133,6 @@ class HttpMetricsMiddleware:
             record()  # an error, or a client that left before the end
 
 
-@dataclass(frozen=True)
-class ClusterState:
-    """What Redis says about the whole service at one moment."""
-
-    queue_depth: int
-    running: int
-    workers: dict[str, dict[str, Any]]  # live worker -> its last report ({} if it reported nothing)
-    totals: telemetry.Totals
-
-
-def read_cluster(client: redis.Redis, worker_max_age_seconds: float) -> ClusterState:
-    """Everything in one round trip (a pipeline, not a transaction: counters move on anyway)."""
-    pipe = client.pipeline(transaction=False)
-    pipe.zcard(QUEUE_KEY)
-    pipe.scard(RUNNING_KEY)
-    pipe.zrangebyscore(WORKERS_KEY, time.time() - worker_max_age_seconds, "+inf")
-    pipe.hgetall(WORKER_INFO_KEY)
-    telemetry.queue_totals_reads(pipe)
-    queued, running, alive, reports, *totals = pipe.execute()
-    workers = {}
-    for raw_name in alive:
-        name = raw_name.decode()
-        try:
-            report = orjson.loads(reports.get(raw_name) or b"{}")
-        except orjson.JSONDecodeError:
-            report = {}
-        workers[name] = report if isinstance(report, dict) else {}
-    return ClusterState(int(queued), int(running), workers, telemetry.parse_totals(totals))
-
-
 def _histogram(name: str, documentation: str, snapshot: telemetry.HistogramSnapshot) -> HistogramMetricFamily:
     buckets = [(floatToGoString(bound), float(count)) for bound, count in snapshot.buckets]
     return HistogramMetricFamily(name, documentation, buckets=buckets, sum_value=snapshot.sum)
@@ -178,7 +145,7 @@ def _number(value: object) -> float | None:
 RUN_SECONDS_HELP = "Time from a job's first start to its final status, for jobs that ended in a worker"
 
 
-def cluster_families(state: ClusterState) -> list[Metric]:
+def cluster_families(state: telemetry.ClusterState) -> list[Metric]:
     """The service-wide metrics, from one reading of Redis."""
     totals = state.totals
     jobs = CounterMetricFamily("nst_jobs", "Jobs that reached a final status, by that status", labels=["status"])
@@ -227,9 +194,9 @@ class ClusterCollector(Collector):
     """Reads Redis at each scrape (synchronously: the route runs the scrape in a thread). With
     Redis away, only `nst_redis_up 0`: this process's own metrics still come through."""
 
-    def __init__(self, client: redis.Redis, worker_max_age_seconds: float) -> None:
+    def __init__(self, client: redis.Redis, heartbeat_seconds: float) -> None:
         self.client = client
-        self.worker_max_age_seconds = worker_max_age_seconds
+        self.heartbeat_seconds = heartbeat_seconds
 
     def describe(self) -> list[Metric]:
         return []  # nothing read at registration; names are not checked against other collectors
@@ -237,7 +204,7 @@ class ClusterCollector(Collector):
     def collect(self) -> Iterator[Metric]:
         up = "Whether this API process could read the service's state from Redis at this scrape"
         try:
-            state = read_cluster(self.client, self.worker_max_age_seconds)
+            state = telemetry.read_cluster(self.client, self.heartbeat_seconds)
         except redis.RedisError as exc:
             log.warning("metrics: Redis not answering: %s", exc)
             yield GaugeMetricFamily("nst_redis_up", up, value=0)
@@ -249,8 +216,8 @@ class ClusterCollector(Collector):
 class ServiceMetrics:
     """The app's registry: this process's HTTP metrics and resources, and the cluster's from Redis."""
 
-    def __init__(self, client: redis.Redis, worker_max_age_seconds: float) -> None:
+    def __init__(self, client: redis.Redis, heartbeat_seconds: float) -> None:
         self.registry = CollectorRegistry(auto_describe=False)
         self.http = HttpMetrics(self.registry)
         ProcessCollector(registry=self.registry)  # process_* : this API process's CPU, memory, open files
-        self.registry.register(ClusterCollector(client, worker_max_age_seconds))
+        self.registry.register(ClusterCollector(client, heartbeat_seconds))

@@ -57,20 +57,19 @@ async def read_job_form(request: Request, settings: Settings) -> FormData:
     content_type = request.headers.get("content-type", "")
     if not content_type.lower().startswith("multipart/form-data"):
         raise Problem(
-            415, "unsupported-media-type", "Unsupported media type",
-            "send multipart/form-data with the fields content, style (one or more) and params",
-        )  # fmt: skip
+            "unsupported-media-type", "send multipart/form-data with the fields content, style (one or more) and params"
+        )
     parser = LimitedMultiPartParser(
         request.headers, request, max_file_bytes=settings.max_upload_bytes, max_files=settings.max_styles + 2
     )  # the content, the styles, and params when it comes as a JSON part
     try:
         form = await parser.parse()
     except FileTooLarge as exc:
-        raise file_problem(413, "too-large", "Upload too large", exc.field, exc.message) from exc
+        raise file_problem("too-large", exc.field, exc.message) from exc
     except MultiPartException as exc:
         message = exc.message
         if message.startswith(("Too many", "Part exceeded", "Field exceeded")):
-            raise Problem(413, "too-many-parts", "Request too large", message) from exc
+            raise Problem("too-many-parts", message) from exc
         raise validation_problem([{"field": "request", "message": f"malformed multipart body: {message}"}]) from exc
     unknown = sorted({name for name, _ in form.multi_items()} - set(FORM_FIELDS))
     if unknown:
@@ -99,7 +98,7 @@ async def form_text(form: FormData, field: str) -> str | None:
         return value
     data = await value.read(MAX_TEXT_FIELD_BYTES + 1)
     if len(data) > MAX_TEXT_FIELD_BYTES:
-        raise Problem(413, "too-many-parts", "Request too large", f"{field}: larger than {MAX_TEXT_FIELD_BYTES} bytes")
+        raise Problem("too-many-parts", f"{field}: larger than {MAX_TEXT_FIELD_BYTES} bytes")
     try:
         return data.decode()
     except UnicodeDecodeError as exc:

@@ -12,7 +12,7 @@ from fastapi.responses import JSONResponse, Response
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.requests import ClientDisconnect
 
-from jobs.problems import problem_type_uri
+from jobs.problems import problem_body
 
 PROBLEM_MEDIA_TYPE = "application/problem+json"
 # A request whose client went away before it was read whole (nginx's code for it): no one reads
@@ -23,37 +23,21 @@ log = logging.getLogger(__name__)
 
 
 class Problem(Exception):
-    """An error a client can read: status, a stable type, a title, a detail that says what to fix."""
+    """An error a client can read: a kind from the catalogue (jobs/problems.py: its status and
+    title), a detail that says what to fix, extra members, and headers for the answer."""
 
     def __init__(
-        self,
-        status: int,
-        kind: str,
-        title: str,
-        detail: str,
-        *,
-        headers: dict[str, str] | None = None,
-        **extra: Any,
+        self, kind: str, detail: str, *, status: int | None = None, headers: dict[str, str] | None = None, **extra: Any
     ) -> None:
         super().__init__(detail)
-        problem_type_uri(kind)  # an unknown kind fails where it is raised, in the tests
-        self.status = status
+        self._body = problem_body(kind, detail, status=status, **extra)  # an unknown kind fails here
         self.kind = kind
-        self.title = title
+        self.status: int = self._body["status"]
         self.detail = detail
         self.headers = headers or {}
-        self.extra = extra
 
     def body(self, instance: str | None = None) -> dict[str, Any]:
-        body: dict[str, Any] = {
-            "type": problem_type_uri(self.kind),
-            "title": self.title,
-            "status": self.status,
-            "detail": self.detail,
-        }
-        if instance:
-            body["instance"] = instance
-        return body | self.extra
+        return self._body | {"instance": instance} if instance else dict(self._body)
 
 
 def problem_response(problem: Problem, instance: str | None = None) -> JSONResponse:
@@ -63,19 +47,19 @@ def problem_response(problem: Problem, instance: str | None = None) -> JSONRespo
 
 
 def not_found(what: str = "job") -> Problem:
-    return Problem(404, "not-found", "Not found", f"no such {what}")
+    return Problem("not-found", f"no such {what}")
 
 
-def file_problem(status: int, kind: str, title: str, field: str, message: str) -> Problem:
+def file_problem(kind: str, field: str, message: str) -> Problem:
     """A problem with one upload, named in `errors` as validation problems name their fields."""
-    return Problem(status, kind, title, f"{field}: {message}", errors=[{"field": field, "message": message}])
+    return Problem(kind, f"{field}: {message}", errors=[{"field": field, "message": message}])
 
 
 def validation_problem(errors: list[dict[str, Any]], detail: str | None = None) -> Problem:
     """422 with every error as {"field": "params.iterations", "message": "..."}."""
     listed = [{"field": e["field"], "message": e["message"]} for e in errors]
     summary = detail or "; ".join(f"{e['field']}: {e['message']}" for e in listed)
-    return Problem(422, "invalid-request", "Invalid request", summary, errors=listed)
+    return Problem("invalid-request", summary, errors=listed)
 
 
 # Tags pydantic puts in an error's location for the branch of a union it tried (core.params'
@@ -105,8 +89,7 @@ def install_problem_handlers(app: FastAPI) -> None:
     @app.exception_handler(StarletteHTTPException)
     async def on_http(request: Request, exc: StarletteHTTPException) -> JSONResponse:
         kind = {404: "not-found", 405: "method-not-allowed"}.get(exc.status_code, "http-error")
-        title = {404: "Not found", 405: "Method not allowed"}.get(exc.status_code, "HTTP error")
-        problem = Problem(exc.status_code, kind, title, str(exc.detail), headers=dict(exc.headers or {}))
+        problem = Problem(kind, str(exc.detail), status=exc.status_code, headers=dict(exc.headers or {}))
         return problem_response(problem, request.url.path)
 
     @app.exception_handler(ClientDisconnect)
@@ -121,15 +104,17 @@ def install_problem_handlers(app: FastAPI) -> None:
         from api.security import ALL_SECURITY_HEADERS
 
         problem = Problem(
-            500, "internal-error", "Internal error", "the server failed to answer; it has been logged",
+            "internal-error",
+            "the server failed to answer; it has been logged",
             headers=ALL_SECURITY_HEADERS,
-        )  # fmt: skip
+        )
         return problem_response(problem, request.url.path)
 
     @app.exception_handler(redis.RedisError)
     async def on_redis(request: Request, exc: redis.RedisError) -> JSONResponse:
         problem = Problem(
-            503, "unavailable", "Service unavailable", "the job store is not answering; try again shortly",
+            "unavailable",
+            "the job store is not answering; try again shortly",
             headers={"Retry-After": "5"},
-        )  # fmt: skip
+        )
         return problem_response(problem, request.url.path)

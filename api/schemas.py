@@ -12,7 +12,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 from core.params import StyleParams
-from jobs.keys import JobStatus
+from jobs.record import JobStatus
 
 
 class FieldError(BaseModel):

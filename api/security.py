@@ -25,7 +25,7 @@ from urllib.parse import urlsplit
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from api.problems import PROBLEM_MEDIA_TYPE
-from jobs.problems import problem_type_uri
+from jobs.problems import problem_body
 
 SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
 # An answer that is not a page (JSON, images, event streams) may load nothing and be framed by no one.
@@ -138,14 +138,14 @@ class RequestGuard:
         if host is not None and not self.hosts.allows(host):
             answers = self.hosts.describe()
             detail = f"this server does not answer to {host[:100]!r}; it answers to {answers} (NST_ALLOWED_HOSTS)"
-            await refuse(send, 421, "unknown-host", "Unknown host", detail, scope)
+            await refuse(send, "unknown-host", detail, scope)
             return
         if origin is not None and scope["method"] not in SAFE_METHODS and not self._origin_allowed(origin, host):
             detail = (
                 f"a page from {origin[:100]!r} may not send {scope['method']} requests to this service; "
                 "NST_CORS_ORIGINS lists the origins that may"
             )
-            await refuse(send, 403, "cross-origin", "Cross-origin request refused", detail, scope)
+            await refuse(send, "cross-origin", detail, scope)
             return
 
         async def send_with_headers(message: Message) -> None:
@@ -167,10 +167,10 @@ class RequestGuard:
         return (host is not None and same_origin(origin, host)) or origin.rstrip("/").lower() in self.origins
 
 
-async def refuse(send: Send, status: int, kind: str, title: str, detail: str, scope: Scope) -> None:
-    body = json.dumps(
-        {"type": problem_type_uri(kind), "title": title, "status": status, "detail": detail, "instance": scope["path"]}
-    ).encode()
+async def refuse(send: Send, kind: str, detail: str, scope: Scope) -> None:
+    problem = problem_body(kind, detail, instance=scope["path"])
+    status = problem["status"]
+    body = json.dumps(problem).encode()
     headers = [(b"content-type", PROBLEM_MEDIA_TYPE.encode()), (b"content-length", str(len(body)).encode())]
     headers += [*SECURITY_HEADERS, (_CSP, DEFAULT_CSP.encode())]
     await send({"type": "http.response.start", "status": status, "headers": headers})

@@ -24,7 +24,7 @@ from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
 from api.problems import PROBLEM_MEDIA_TYPE
 from api.security import SECURITY_HEADER_LINES
-from jobs.problems import problem_type_uri
+from jobs.problems import problem_body
 from jobs.settings import get_settings
 
 log = logging.getLogger("uvicorn.error")
@@ -33,9 +33,11 @@ PROTOCOL_PATH = "api.server_protocol:GuardedHttpToolsProtocol"
 REASONS = {408: b"Request Timeout", 431: b"Request Header Fields Too Large"}
 
 
-def problem_answer(status: int, kind: str, title: str, detail: str) -> bytes:
+def problem_answer(kind: str, detail: str) -> bytes:
     """A whole HTTP/1.1 answer with a problem+json body that closes the connection."""
-    body = json.dumps({"type": problem_type_uri(kind), "title": title, "status": status, "detail": detail}).encode()
+    problem = problem_body(kind, detail)
+    status = problem["status"]
+    body = json.dumps(problem).encode()
     head = b"HTTP/1.1 %d %s\r\n" % (status, REASONS[status])
     head += b"content-type: %s\r\ncontent-length: %d\r\n" % (PROBLEM_MEDIA_TYPE.encode(), len(body))
     head += b"connection: close\r\n" + SECURITY_HEADER_LINES + b"\r\n"
@@ -79,7 +81,7 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
         # Past the limit with the headers still incomplete: httptools would keep buffering them.
         if self._awaiting_headers and self._header_bytes > self.max_header_bytes and not self._refused:
             detail = f"the request's headers are larger than {self.max_header_bytes} bytes"
-            self._refuse(431, "headers-too-large", "Request headers too large", detail)
+            self._refuse("headers-too-large", detail)
 
     def _feed(self, data: bytes) -> None:
         """uvicorn's own data_received, but a request we stopped on purpose is not reported as an
@@ -112,7 +114,7 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
         self._cancel_header_timer()
         if self._parsed_header_bytes > self.max_header_bytes:  # came whole within one read
             detail = f"the request's headers are larger than {self.max_header_bytes} bytes"
-            self._refuse(431, "headers-too-large", "Request headers too large", detail)
+            self._refuse("headers-too-large", detail)
             raise _Refused  # the request never reaches the app; uvicorn stops parsing
         super().on_headers_complete()
 
@@ -142,9 +144,9 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
             self.transport.close()  # it never asked anything: nothing to answer
             return
         detail = f"the request's headers did not arrive within {self.header_timeout:g} s"
-        self._refuse(408, "header-timeout", "Request header timeout", detail)
+        self._refuse("header-timeout", detail)
 
-    def _refuse(self, status: int, kind: str, title: str, detail: str) -> None:
+    def _refuse(self, kind: str, detail: str) -> None:
         client = f"{self.client[0]}:{self.client[1]}" if self.client else "a client"
         log.info("%s: %s; connection closed", client, detail)
         self._refused = True
@@ -152,5 +154,5 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
         # Mid-answer to an earlier request on this connection (pipelined), an answer would be cut
         # into it: close only.
         if self.cycle is None or self.cycle.response_complete:
-            self.transport.write(problem_answer(status, kind, title, detail))
+            self.transport.write(problem_answer(kind, detail))
         self.transport.close()

@@ -22,7 +22,7 @@ def read_upload(upload: UploadFile, field: str) -> bytes:
     """The file's bytes; api.multipart already refused any over NST_MAX_UPLOAD_BYTES."""
     data = upload.file.read()
     if not data:
-        raise file_problem(415, "not-an-image", "Not an image", field, "the file is empty")
+        raise file_problem("not-an-image", field, "the file is empty")
     return data
 
 
@@ -38,17 +38,17 @@ def check_image(data: bytes, field: str, settings: Settings, budget: PixelBudget
             progressive = bool(header.info.get("progressive") or header.info.get("progression"))
     except Image.DecompressionBombError as exc:  # past Pillow's own limit, far above ours
         message = f"more pixels than the {settings.max_input_pixels} allowed"
-        raise file_problem(413, "too-many-pixels", "Image too large", field, message) from exc
+        raise file_problem("too-many-pixels", field, message) from exc
     except DECODE_ERRORS as exc:
-        raise file_problem(415, "not-an-image", "Not an image", field, "not an image this service can read") from exc
+        raise file_problem("not-an-image", field, "not an image this service can read") from exc
     if width * height > settings.max_input_pixels:
         message = f"{width}x{height} pixels is more than the {settings.max_input_pixels} allowed"
-        raise file_problem(413, "too-many-pixels", "Image too large", field, message)
+        raise file_problem("too-many-pixels", field, message)
     with budget.hold(decoded_pixels(width, height, image_format, progressive)):
         try:
             return check_decodes(data)  # after EXIF rotation, as the worker sees it
         except InvalidImageError as exc:
-            raise file_problem(415, "not-an-image", "Not an image", field, "the image cannot be decoded") from exc
+            raise file_problem("not-an-image", field, "the image cannot be decoded") from exc
 
 
 def parse_params(raw: str | None, style_count: int, settings: Settings) -> StyleParams:

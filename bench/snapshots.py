@@ -32,7 +32,7 @@ from core.output import encode_image  # noqa: E402
 from core.params import StyleParams  # noqa: E402
 from core.transfer import Progress, stylize  # noqa: E402
 from core.weights import WeightsSource  # noqa: E402
-from jobs.keys import JobRecord, new_job_id, utc_now  # noqa: E402
+from jobs.record import JobRecord, new_job_id, utc_now  # noqa: E402
 from jobs.store import JobStore  # noqa: E402
 from worker.local import free_port, start_redis, stop_processes  # noqa: E402
 from worker.runner import JPEG_QUALITY, ProgressPublisher, finite_values  # noqa: E402

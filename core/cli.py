@@ -217,25 +217,19 @@ def plan_memory(params: StyleParams, original: tuple[int, int], device: str | No
 
     from core.device import resolve_device
     from core.engine import EngineOptions
-    from core.memory import default_budget, plan, too_big_detail
-    from core.scales import plan_stages
-    from core.sizes import working_size
+    from core.memory import JobTooBig, default_budget, fit_job
 
     resolved = resolve_device(device)
     raw = os.environ.get("NST_MEMORY_BUDGET_BYTES", "").strip()
     if raw and not (raw.isascii() and raw.isdigit()):
         raise CommandError(f"NST_MEMORY_BUDGET_BYTES={raw!r}: give a number of bytes")
     budget = int(raw) if raw else default_budget(str(resolved))
-    size = working_size(original, params)
-    stages = plan_stages(params, size)
     device_type = "cuda" if resolved.type == "cuda" else "cpu"
     precision = EngineOptions.for_device(resolved).precision
-    estimate = plan(
-        size, params, budget, device_type=device_type, precision=precision, original=original,
-        sizes=[stage.size for stage in stages[:-1]],
-    )  # fmt: skip
-    if estimate.bytes > budget:
-        raise CommandError(too_big_detail(size, estimate.bytes, budget, "the memory budget"))
+    try:
+        estimate = fit_job(params, original, budget, device_type=device_type, precision=precision)
+    except JobTooBig as exc:
+        raise CommandError(str(exc)) from exc
     if estimate.checkpointing:
         log.warning("recomputing activations (checkpointing) to fit the memory budget: slower, same picture")
     return estimate.checkpointing

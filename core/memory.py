@@ -21,6 +21,8 @@ from typing import Literal
 from core.decode import Size
 from core.layers import CONV_CHANNELS, CONV_INDICES, CONVS_PER_BLOCK, layer_index
 from core.params import StyleParams
+from core.scales import plan_stages
+from core.sizes import working_size
 
 Precision = Literal["fp32", "bf16"]
 DeviceType = Literal["cpu", "cuda"]
@@ -202,6 +204,38 @@ def plan(
         size, params, device_type=device_type, precision=precision, checkpointing=True, original=original, sizes=sizes
     )
     return MemoryEstimate(lean, checkpointing=True)
+
+
+class JobTooBig(ValueError):
+    """The job needs more than the budget even with checkpointing; `str()` says so to its client."""
+
+    def __init__(self, size: Size, needed: int, budget: int, whose: str) -> None:
+        super().__init__(too_big_detail(size, needed, budget, whose))
+        self.size, self.needed, self.budget = size, needed, budget
+
+
+def fit_job(
+    params: StyleParams,
+    original: Size,
+    budget: int,
+    *,
+    device_type: DeviceType,
+    precision: Precision,
+    whose: str = "the memory budget",
+) -> MemoryEstimate:
+    """The one decision of whether and how a job fits a memory budget, made alike by admission
+    (for each live worker), the worker that takes the job and `nst stylize`: its working size, the
+    stages of a coarse-to-fine run, a plain run if that fits and checkpointing if not. JobTooBig
+    (naming `whose` budget) if even that does not fit; ValueError if its scales do not fit its size."""
+    size = working_size(original, params)
+    stages = plan_stages(params, size)
+    estimate = plan(
+        size, params, budget, device_type=device_type, precision=precision, original=original,
+        sizes=[stage.size for stage in stages[:-1]],
+    )  # fmt: skip
+    if estimate.bytes > budget:
+        raise JobTooBig(size, estimate.bytes, budget, whose)
+    return estimate
 
 
 def too_big_detail(size: Size, needed: int, budget: int, whose: str) -> str:

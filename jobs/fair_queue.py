@@ -9,7 +9,7 @@ so there is always a turn for it; a turn that finds no queued job (its job was c
 another turn took it) ends at once.
 
 The scripts share TENANCY_LUA: a job's tenant, its place in the queues, and the bytes it holds
-(worker/tenancy.py). Their last argument is always `keys.lua_layout()`.
+(jobs/tenancy.py). Their last argument is always `keys.lua_layout()`.
 """
 
 from __future__ import annotations

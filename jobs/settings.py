@@ -83,7 +83,7 @@ class Settings(BaseSettings):
         description="memory a worker's job may take (default: 85% of the GPU's free memory, or on the CPU of "
         "the memory available to the process, its cgroup's limit if it has one)",
     )
-    # Webhooks (worker/webhooks.py).
+    # Webhooks (jobs/webhooks.py).
     webhook_secret: SecretStr | None = Field(
         None,
         description="signs webhook deliveries (Standard Webhooks): whsec_ and at least 16 base64 bytes; without it, "

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import json
 import logging
-import time
 from typing import Any
 
 import redis
@@ -27,32 +26,25 @@ from jobs.keys import (
     SERVE_COUNTER_KEY,
     SERVED_KEY,
     TENANTS_KEY,
-    TERMINAL,
-    WORKER_INFO_KEY,
-    WORKERS_KEY,
-    EventKind,
-    JobRecord,
-    JobStatus,
     cancel_key,
     checkpoint_key,
     completions_key,
     content_key,
-    encode_fields,
     events_key,
     job_key,
     lease_key,
     losses_key,
     lua_layout,
     owner_jobs_key,
-    ready_key,
     result_key,
     snapshot_key,
     style_key,
-    tenant_of,
     tenant_queue_key,
-    utc_now,
 )
-from jobs.problems import problem_type_uri
+from jobs.problems import problem_body
+from jobs.record import TERMINAL, EventKind, JobRecord, JobStatus, encode_fields, utc_now
+from jobs.tenancy import Limits, TenantLimits, tenant_of
+from jobs.workers import WorkerRegistry
 
 # Prepended to every script that reports a change: one stream entry, and the stream's expiry.
 _EMIT = """
@@ -298,6 +290,17 @@ class JobStore:
         self._position = client.register_script(POSITION)
         self.layout = lua_layout()
 
+    def close(self) -> None:
+        self.redis.close()
+
+    def tenant_limits(self, limits: Limits) -> TenantLimits:
+        """Per-tenant limits (jobs/tenancy.py), checked on this store's connection."""
+        return TenantLimits(self.redis, self.ttl, limits)
+
+    def worker_registry(self, heartbeat_seconds: float) -> WorkerRegistry:
+        """Heartbeats and the live set (jobs/workers.py), on this store's connection."""
+        return WorkerRegistry(self.redis, heartbeat_seconds)
+
     @classmethod
     def from_url(cls, url: str, ttl_seconds: int) -> JobStore:
         client = redis.Redis.from_url(url, socket_connect_timeout=2, socket_timeout=10, health_check_interval=10)
@@ -439,12 +442,9 @@ class JobStore:
                 "status": "failed",
                 "finished_at": utc_now(),
                 "run_token": None,
-                "error": {
-                    "type": problem_type_uri("worker-lost"),
-                    "title": "Worker lost",
-                    "status": 500,
-                    "detail": f"the worker running this job stopped {max_attempts} times; giving up",
-                },
+                "error": problem_body(
+                    "worker-lost", f"the worker running this job stopped {max_attempts} times; giving up"
+                ),
             }
         )
         events = [status_event("failed"), status_event("queued"), EVENTS_MAXLEN, self.ttl]
@@ -574,48 +574,3 @@ class JobStore:
         ]
         outcome, old = self._cancel(keys=keys, args=args)
         return outcome.decode(), (old.decode() if old else None)
-
-    # -- workers ---------------------------------------------------------------------------
-    def heartbeat(self, worker: str, info: dict[str, Any] | None = None) -> None:
-        """The worker is alive, with what it can run (`info`: device, precision, memory budget)."""
-        pipe = self.redis.pipeline(transaction=True)
-        pipe.zadd(WORKERS_KEY, {worker: time.time()})
-        if info is not None:
-            pipe.hset(WORKER_INFO_KEY, worker, json.dumps(info))
-        pipe.execute()
-
-    def mark_ready(self, name: str, seconds: int = 3600) -> None:
-        """The worker `name` consumes its queue now (Celery's worker_ready)."""
-        self.redis.set(ready_key(name), "1", ex=seconds)
-
-    def is_ready(self, name: str) -> bool:
-        return bool(self.redis.exists(ready_key(name)))
-
-    def remove_worker(self, worker: str) -> None:
-        pipe = self.redis.pipeline(transaction=True)
-        pipe.zrem(WORKERS_KEY, worker)
-        pipe.hdel(WORKER_INFO_KEY, worker)
-        pipe.execute()
-
-    def live_worker_info(self, max_age_seconds: float) -> list[dict[str, Any]]:
-        """What each live worker reported (workers that reported nothing are left out)."""
-        names = self.live_workers(max_age_seconds)
-        if not names:
-            return []
-        found = []
-        for raw in self.redis.hmget(WORKER_INFO_KEY, names):
-            try:
-                info = json.loads(raw) if raw else None
-            except ValueError:
-                info = None
-            if isinstance(info, dict):
-                found.append(info)
-        return found
-
-    def live_workers(self, max_age_seconds: float) -> list[str]:
-        since = time.time() - max_age_seconds
-        dead = self.redis.zrangebyscore(WORKERS_KEY, "-inf", f"({since - 3600}")
-        if dead:  # long dead: forget them
-            self.redis.zrem(WORKERS_KEY, *dead)
-            self.redis.hdel(WORKER_INFO_KEY, *dead)
-        return [w.decode() for w in self.redis.zrangebyscore(WORKERS_KEY, since, "+inf")]

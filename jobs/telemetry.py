@@ -19,11 +19,12 @@ import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Literal, get_args
+from typing import Any, Literal, get_args
 
 import redis
 
-from jobs.keys import PREFIX
+from jobs.keys import PREFIX, QUEUE_KEY, RUNNING_KEY, WORKER_INFO_KEY
+from jobs.workers import live_range, live_reports
 
 METRICS_PREFIX = f"{PREFIX}:metrics"
 JOBS_TOTAL_KEY = f"{METRICS_PREFIX}:jobs"
@@ -205,3 +206,26 @@ def read_totals(client: redis.Redis) -> Totals:
     pipe = client.pipeline(transaction=False)
     queue_totals_reads(pipe)
     return parse_totals(pipe.execute())
+
+
+@dataclass(frozen=True)
+class ClusterState:
+    """What Redis says about the whole service at one moment."""
+
+    queue_depth: int
+    running: int
+    workers: dict[str, dict[str, Any]]  # live worker -> its last report ({} if it reported nothing)
+    totals: Totals
+
+
+def read_cluster(client: redis.Redis, heartbeat_seconds: float) -> ClusterState:
+    """Everything in one round trip (a pipeline, not a transaction: counters move on anyway)."""
+    pipe = client.pipeline(transaction=False)
+    pipe.zcard(QUEUE_KEY)
+    pipe.scard(RUNNING_KEY)
+    pipe.zrangebyscore(*live_range(heartbeat_seconds))
+    pipe.hgetall(WORKER_INFO_KEY)
+    queue_totals_reads(pipe)
+    queued, running, alive, reports, *totals = pipe.execute()
+    workers = live_reports(alive, reports)
+    return ClusterState(int(queued), int(running), workers, parse_totals(totals))

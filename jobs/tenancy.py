@@ -24,6 +24,7 @@ from dataclasses import dataclass
 import redis
 
 from jobs.keys import (
+    OPEN_TENANT,
     held_jobs_key,
     held_total_key,
     held_until_key,
@@ -100,6 +101,11 @@ if bytes then
   redis.call('ZREM', KEYS[5], ARGV[1])
 end
 """
+
+
+def tenant_of(owner: str | None) -> str:
+    """The tenant whose limits and queue a job counts against: its API key's id, or OPEN_TENANT."""
+    return owner if owner is not None else OPEN_TENANT
 
 
 @dataclass(frozen=True)

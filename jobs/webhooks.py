@@ -22,7 +22,8 @@ from typing import Any, Literal, get_args
 
 from celery import Celery
 
-from jobs.keys import TERMINAL, job_key, utc_now, webhook_sent_key
+from jobs.keys import job_key, webhook_sent_key
+from jobs.record import TERMINAL, utc_now
 from jobs.settings import Settings, get_settings
 from jobs.store import JobStore
 from jobs.view import job_view

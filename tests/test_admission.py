@@ -26,16 +26,6 @@ def test_the_planned_size_is_the_upright_one_the_worker_sees() -> None:
     assert check_image(buffer.getvalue(), "content", Settings(), PixelBudget(10**6, 1)) == (30, 40)
 
 
-class Reports:
-    """What the live workers reported (the store's one method admission reads)."""
-
-    def __init__(self, reports: list[dict[str, Any]]) -> None:
-        self.reports = reports
-
-    def live_worker_info(self, max_age_seconds: float) -> list[dict[str, Any]]:
-        return self.reports
-
-
 def worker(budget: int, device_type: str = "cpu", precision: str = "fp32") -> dict[str, Any]:
     return {"device": device_type, "device_type": device_type, "precision": precision, "memory_budget_bytes": budget}
 
@@ -43,19 +33,19 @@ def worker(budget: int, device_type: str = "cpu", precision: str = "fp32") -> di
 def test_a_job_is_admitted_when_any_live_worker_can_hold_it_and_refused_naming_the_largest() -> None:
     params = StyleParams(height=1024, width=1024)
     lean = estimate_bytes((1024, 1024), params, checkpointing=True, original=(400, 600))
-    admit(Reports([]), Settings(), params, (400, 600))  # nobody alive: queued, the worker decides
-    admit(Reports([worker(10**6), worker(lean)]), Settings(), params, (400, 600))
+    admit([], params, (400, 600))  # nobody alive: queued, the worker decides
+    admit([worker(10**6), worker(lean)], params, (400, 600))
     with pytest.raises(Problem) as refused:
-        admit(Reports([worker(10**6), worker(lean - 1), {"junk": True}]), Settings(), params, (400, 600))
+        admit([worker(10**6), worker(lean - 1), {"junk": True}], params, (400, 600))
     problem = refused.value
     assert problem.status == 422 and problem.kind == "too-much-memory"
-    assert problem.extra["memory_budget_bytes"] == lean - 1 and problem.extra["memory_needed_bytes"] == lean
+    assert problem.body()["memory_budget_bytes"] == lean - 1 and problem.body()["memory_needed_bytes"] == lean
     assert "1024x1024" in problem.detail
 
 
 def test_scales_that_do_not_end_at_the_working_size_are_a_422_on_params_scales() -> None:
     params = StyleParams(keep_aspect=True, scales=[{"size": 256, "iterations": 2}, {"size": 512, "iterations": 2}])
     with pytest.raises(Problem) as refused:
-        admit(Reports([]), Settings(), params, (400, 300))  # portrait: the long side is 384, not 512
+        admit([], params, (400, 300))  # portrait: the long side is 384, not 512
     assert refused.value.status == 422
-    assert refused.value.extra["errors"][0]["field"] == "params.scales"
+    assert refused.value.body()["errors"][0]["field"] == "params.scales"

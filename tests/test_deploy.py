@@ -146,9 +146,9 @@ def test_worker_image_commands_work_in_a_fresh_venv(tmp_path: Path, project_copy
     try:
         store = JobStore.from_url(redis_url, Settings().job_ttl_seconds)
         deadline = time.monotonic() + 120
-        while not store.live_workers(30) and time.monotonic() < deadline:
+        while not store.worker_registry(10).live() and time.monotonic() < deadline:
             assert worker.poll() is None, "the worker exited"
             time.sleep(0.5)
-        assert store.live_workers(30), "the worker never reported"
+        assert store.worker_registry(10).live(), "the worker never reported"
     finally:
         stop_processes([worker])

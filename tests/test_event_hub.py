@@ -23,8 +23,9 @@ from fastapi import FastAPI
 
 from api.app import create_app
 from api.event_hub import OVERFLOW, EventHub
-from api.reader import JobReader
-from jobs.keys import JobRecord, events_key, job_key, new_job_id
+from jobs.keys import events_key, job_key
+from jobs.reader import JobReader
+from jobs.record import JobRecord, new_job_id
 from jobs.settings import Settings
 from jobs.store import JobStore
 from worker.local import free_port, nst_command, start_redis, stop_processes, wait_for_http

@@ -527,7 +527,8 @@ def test_a_client_that_leaves_mid_upload_is_neither_a_500_nor_a_traceback(
 def test_jobs_an_earlier_version_queued_join_the_fair_queue_when_a_worker_starts(tmp_path: Path) -> None:
     """An upgrade: the queue holds jobs written before tenant queues existed; a worker of this
     version must still run them, at their place."""
-    from jobs.keys import OPEN_TENANT, QUEUE_KEY, TENANTS_KEY, JobRecord, new_job_id, tenant_queue_key
+    from jobs.keys import OPEN_TENANT, QUEUE_KEY, TENANTS_KEY, tenant_queue_key
+    from jobs.record import JobRecord, new_job_id
     from jobs.store import JobStore
     from worker.local import free_port, start_redis, stop_processes
 
@@ -578,7 +579,8 @@ def test_admitting_the_same_job_twice_takes_its_bytes_and_place_once(empty_redis
 
 
 def test_a_claim_or_a_finish_made_twice_changes_nothing_the_second_time(empty_redis: redis.Redis) -> None:
-    from jobs.keys import JobRecord, checkpoint_key, new_job_id, result_key
+    from jobs.keys import checkpoint_key, result_key
+    from jobs.record import JobRecord, new_job_id
     from jobs.store import JobStore
 
     store = JobStore(empty_redis, 3600)
@@ -599,7 +601,8 @@ def test_a_claim_or_a_finish_made_twice_changes_nothing_the_second_time(empty_re
 
 
 def test_a_stale_id_at_the_head_of_a_queue_holds_back_no_job(empty_redis: redis.Redis) -> None:
-    from jobs.keys import OPEN_TENANT, QUEUE_KEY, JobRecord, new_job_id, tenant_queue_key
+    from jobs.keys import OPEN_TENANT, QUEUE_KEY, tenant_queue_key
+    from jobs.record import JobRecord, new_job_id
     from jobs.store import JobStore
 
     store = JobStore(empty_redis, 3600)
@@ -654,7 +657,7 @@ def test_a_checkpoint_this_version_cannot_read_starts_the_job_over(
     """After an upgrade a resumed job may find a checkpoint of another version's making."""
     import logging
 
-    from jobs.keys import JobRecord, new_job_id
+    from jobs.record import JobRecord, new_job_id
     from jobs.settings import Settings
     from jobs.store import JobStore
     from worker.runner import WorkerContext, run_job

@@ -33,7 +33,7 @@ def test_workers_report_their_budget_and_a_job_none_can_hold_is_422_at_submit(
     from jobs.store import JobStore
 
     store = JobStore.from_url(service.redis_url, 60)
-    reports = store.live_worker_info(10)
+    reports = list(store.worker_registry(5).live().values())
     assert reports == [{"device": "cpu", "device_type": "cpu", "precision": "fp32", "memory_budget_bytes": BUDGET}]
     before = client.get("/jobs").json()["items"]
     answer = submit(client, COFFEE, [STARRY], {"height": 2048, "width": 2048, "iterations": 2})

@@ -20,7 +20,8 @@ from starlette.routing import Route
 
 from api.metrics import UNMATCHED, ClusterCollector, HttpMetrics, HttpMetricsMiddleware
 from jobs import telemetry
-from jobs.keys import JobRecord, lease_key, new_job_id
+from jobs.keys import lease_key
+from jobs.record import JobRecord, new_job_id
 from jobs.store import JobStore
 from tests.conftest import SAMPLES
 from tests.services import Service, is_final, poll, serve, submit
@@ -156,13 +157,15 @@ def test_snapshots_are_counted_only_when_written(db: redis.Redis) -> None:
 def test_the_cluster_collector_renders_what_redis_holds(db: redis.Redis) -> None:
     store = JobStore(db, 60)
     queued_job(store)
-    store.heartbeat("w1", {"device": "cuda:0", "device_type": "cuda", "precision": "bf16",
+    store.worker_registry(5).heartbeat("w1", {"device": "cuda:0", "device_type": "cuda", "precision": "bf16",
                            "memory_budget_bytes": 1000, "iterations_per_second": 12.5})  # fmt: skip
-    store.heartbeat("w2", {"device": "cpu", "device_type": "cpu", "precision": "fp32", "memory_budget_bytes": 10})
+    store.worker_registry(5).heartbeat(
+        "w2", {"device": "cpu", "device_type": "cpu", "precision": "fp32", "memory_budget_bytes": 10}
+    )
     db.zadd("nst:workers", {"w2": time.time() - 3600})  # long silent: not alive
     telemetry.JOB_RUN_SECONDS.observe(db, 42)
     registry = CollectorRegistry(auto_describe=False)
-    registry.register(ClusterCollector(db, worker_max_age_seconds=10))
+    registry.register(ClusterCollector(db, heartbeat_seconds=10 / 3))
     samples = parse(generate_latest(registry).decode())
     assert value(samples, "nst_redis_up") == 1
     assert value(samples, "nst_queue_depth") == 1
@@ -181,7 +184,7 @@ def test_the_cluster_collector_renders_what_redis_holds(db: redis.Redis) -> None
 def test_without_redis_a_scrape_says_so_and_still_answers() -> None:
     registry = CollectorRegistry(auto_describe=False)
     unreachable = redis.Redis(port=free_port(), socket_connect_timeout=1)
-    registry.register(ClusterCollector(unreachable, worker_max_age_seconds=10))
+    registry.register(ClusterCollector(unreachable, heartbeat_seconds=10 / 3))
     samples = parse(generate_latest(registry).decode())
     assert value(samples, "nst_redis_up") == 0
     assert value(samples, "nst_queue_depth") is None

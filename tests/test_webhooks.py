@@ -23,7 +23,8 @@ from standardwebhooks import Webhook
 
 from api.problems import Problem
 from api.webhook_form import WebhookRequest, check_webhook
-from jobs.keys import JOBS_KEY, JobRecord, job_key, new_job_id
+from jobs.keys import JOBS_KEY, job_key
+from jobs.record import JobRecord, new_job_id
 from jobs.settings import Settings, check_secret
 from jobs.store import JobStore
 from jobs.telemetry import WEBHOOK_DELIVERIES_KEY
@@ -301,7 +302,7 @@ def test_without_a_secret_a_webhook_is_refused_with_the_reason() -> None:
     with pytest.raises(Problem) as raised:
         check_webhook(WebhookRequest("https://93.184.216.34/hook"), Settings(webhook_secret=None))
     assert raised.value.status == 422 and "NST_WEBHOOK_SECRET" in raised.value.detail
-    assert raised.value.extra["errors"][0]["field"] == "webhook"
+    assert raised.value.body()["errors"][0]["field"] == "webhook"
     assert check_webhook(WebhookRequest(), Settings(webhook_secret=None)) == {}
 
 

@@ -64,12 +64,13 @@ def run_worker(args: argparse.Namespace, stderr: TextIO) -> None:
     profile = context.profile()  # measured now: after the network is loaded, before any job
     log.info("memory budget %d bytes on %s (%s)", profile.memory_budget_bytes, profile.device, profile.precision)
     stop = start_heartbeat(context)
+    registry = context.store.worker_registry(context.settings.worker_heartbeat_seconds)
     app = get_celery_app()
     app.conf.include = ["worker.tasks"]  # the job task; the API's processes only send it
     from celery.signals import worker_ready
 
     # Consuming its queue from now on: `nst up` waits for this before it says the stack is up.
-    worker_ready.connect(lambda **_: context.store.mark_ready(context.name), weak=False)
+    worker_ready.connect(lambda **_: registry.mark_ready(context.name), weak=False)
     try:
         # The solo pool runs jobs in this process: CUDA is initialised here, never in a parent
         # that forks, and the network stays loaded between jobs.
@@ -90,7 +91,7 @@ def run_worker(args: argparse.Namespace, stderr: TextIO) -> None:
     finally:
         stop.set()
         try:
-            context.store.remove_worker(context.name)
+            registry.remove(context.name)
         except Exception as exc:  # Redis away: the entry ages out of the live set by itself
             log.warning("could not say this worker stopped: %s", exc)
 

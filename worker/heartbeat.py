@@ -15,7 +15,7 @@ log = logging.getLogger(__name__)
 
 def beat_once(context: WorkerContext) -> None:
     store, settings = context.store, context.settings
-    store.heartbeat(context.name, context.report())
+    store.worker_registry(settings.worker_heartbeat_seconds).heartbeat(context.name, context.report())
     with context.lock:
         current = context.current
     if current is not None:

@@ -192,11 +192,10 @@ def wait_until_ready(
     only real ones. StartFailure with the child's own last error line if one exits meanwhile."""
     import redis
 
-    from jobs.keys import webhook_worker_name, worker_name
-    from jobs.store import JobStore
+    from jobs.workers import WorkerRegistry, webhook_worker_name, worker_name
     from worker.supervisor import exit_reason
 
-    store = JobStore.from_url(redis_url, 60)
+    registry = WorkerRegistry(redis.Redis.from_url(redis_url, socket_connect_timeout=2, socket_timeout=10), 1.0)
     host = socket.gethostname()
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -208,7 +207,7 @@ def wait_until_ready(
         names = [webhook_worker_name(host, webhooks.process.pid)]
         names += [worker_name(host, child.process.pid) for child in job_workers]
         try:
-            workers_ready = all(store.is_ready(name) for name in names)
+            workers_ready = all(registry.is_ready(name) for name in names)
         except redis.RedisError:
             workers_ready = False
         if workers_ready and port_open(port):

@@ -27,18 +27,17 @@ from core.checkpoint import Checkpoint
 from core.decode import image_size, open_image
 from core.errors import StyleError
 from core.logs import job_context
-from core.memory import DeviceType, MemoryEstimate, Precision, default_budget, plan, too_big_detail
+from core.memory import DeviceType, JobTooBig, MemoryEstimate, Precision, default_budget, fit_job
 from core.output import encode_image
 from core.params import StyleParams
-from core.scales import plan_stages
-from core.sizes import working_size
 from core.transfer import Progress, StyleResult, stylize
 from core.weights import WeightsSource
-from jobs.keys import JobRecord, history_line, worker_name
-from jobs.problems import problem_type_uri
+from jobs.problems import problem_body
+from jobs.record import JobRecord, history_line
 from jobs.settings import Settings, get_settings
 from jobs.store import JobStore
 from jobs.webhooks import announce
+from jobs.workers import worker_name
 from worker.progress_writer import OrderedWriter
 
 log = logging.getLogger(__name__)
@@ -115,11 +114,6 @@ def worker_context() -> WorkerContext:
     return WorkerContext(settings, store, worker_name(socket.gethostname(), os.getpid()))
 
 
-def problem(title: str, detail: str, status: int = 500, kind: str = "job-failed") -> dict[str, object]:
-    """An RFC 9457 problem object, as the API's errors are."""
-    return {"type": problem_type_uri(kind), "title": title, "status": status, "detail": detail}
-
-
 def is_out_of_memory(exc: BaseException) -> bool:
     """CUDA says OutOfMemoryError; the CPU allocator says RuntimeError "can't allocate memory"."""
     if isinstance(exc, torch.cuda.OutOfMemoryError | MemoryError):
@@ -158,10 +152,6 @@ def until_redis_answers(what: str, action: Callable[[], T]) -> T:
             log.warning("%s: Redis unavailable (%s); retrying", what, exc)
             time.sleep(delay)
             delay = min(delay * 2, 5.0)
-
-
-class JobTooBig(Exception):
-    """The job needs more memory than this worker's budget, even with checkpointing."""
 
 
 class StopCheck:
@@ -334,29 +324,29 @@ def _run_claimed(context: WorkerContext, record: JobRecord, weights: WeightsSour
     job_id = record.id
     stop = StopCheck(store, job_id, token, context.settings.job_timeout_seconds)
 
-    def fail(title: str, detail: str, status: int, kind: str) -> None:
+    def fail(kind: str, detail: str) -> None:
         until_redis_answers(
             "recording the failure",
-            lambda: store.finish(job_id, "failed", {"error": problem(title, detail, status, kind)}, token),
+            lambda: store.finish(job_id, "failed", {"error": problem_body(kind, detail)}, token),
         )
 
     try:
         result = _optimise(context, record, weights, stop)
     except JobTooBig as exc:
-        fail("Job too large for memory", str(exc), 422, "too-much-memory")
+        fail("too-much-memory", str(exc))
         log.warning("job %s refused: %s", job_id, exc)
         return
     except (StyleError, ValueError) as exc:
-        fail("Job failed", str(exc), 422, "invalid-job")
+        fail("invalid-job", str(exc))
         log.warning("job %s failed: %s", job_id, exc)
         return
     except Exception as exc:
         if is_out_of_memory(exc):
-            fail("Out of memory", "the device ran out of memory; try a smaller height and width", 507, "out-of-memory")
+            fail("out-of-memory", "the device ran out of memory; try a smaller height and width")
             log.warning("job %s: out of memory", job_id)
             return
         log.exception("job %s: unexpected error", job_id)
-        fail("Job failed", f"internal error: {type(exc).__name__}", 500, "job-failed")
+        fail("job-failed", f"internal error: {type(exc).__name__}")
         return
     _record_outcome(store, job_id, result, stop, token)
 
@@ -425,21 +415,10 @@ def memory_plan(profile: DeviceProfile, params: StyleParams, original: tuple[int
 
     A job the API admitted can still land here: it was queued before this worker started, or
     the worker that could hold it has gone."""
-    size = working_size(original, params)
-    stages = plan_stages(params, size)
-    budget = profile.memory_budget_bytes
-    memory = plan(
-        size,
-        params,
-        budget,
-        device_type=profile.device_type,
-        precision=profile.precision,
-        original=original,
-        sizes=[stage.size for stage in stages[:-1]],
-    )
-    if memory.bytes > budget:
-        raise JobTooBig(too_big_detail(size, memory.bytes, budget, "this worker's memory budget"))
-    return memory
+    return fit_job(
+        params, original, profile.memory_budget_bytes, device_type=profile.device_type,
+        precision=profile.precision, whose="this worker's memory budget",
+    )  # fmt: skip
 
 
 def _record_outcome(store: JobStore, job_id: str, result: StyleResult, stop: StopCheck, token: str) -> None:
@@ -449,7 +428,7 @@ def _record_outcome(store: JobStore, job_id: str, result: StyleResult, stop: Sto
         return
     if stop.timed_out:
         detail = f"the job ran past the time limit and was stopped at iteration {result.iterations_run}"
-        error = problem("Job timed out", detail, 504, "timeout")
+        error = problem_body("timeout", detail)
         until_redis_answers("timing out", lambda: store.finish(job_id, "failed", {"error": error}, token))
         log.warning("job %s: timed out", job_id)
         return
@@ -462,7 +441,7 @@ def _record_outcome(store: JobStore, job_id: str, result: StyleResult, stop: Sto
             f"every loss of the {result.iterations_run} iterations was infinite or not a number: the weights are "
             "too large (content_weight, style_weight, tv_weight or a layer weight)"
         )
-        error = problem("Job diverged", detail, 422, "diverged")
+        error = problem_body("diverged", detail)
         until_redis_answers("recording the divergence", lambda: store.finish(job_id, "failed", {"error": error}, token))
         log.warning("job %s: diverged", job_id)
         return

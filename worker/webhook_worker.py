@@ -48,12 +48,14 @@ def run_webhook_worker(args: argparse.Namespace, stderr: TextIO) -> None:
     app = make_celery_app(settings)
     from celery.signals import worker_ready
 
-    from jobs.keys import webhook_worker_name
     from jobs.store import JobStore
+    from jobs.workers import webhook_worker_name
 
     store = JobStore.from_url(settings.redis_url, settings.job_ttl_seconds)
     name = webhook_worker_name(socket.gethostname(), os.getpid())
-    worker_ready.connect(lambda **_: store.mark_ready(name), weak=False)  # `nst up` waits for it
+    worker_ready.connect(
+        lambda **_: store.worker_registry(settings.worker_heartbeat_seconds).mark_ready(name), weak=False
+    )  # `nst up` waits for it
     # Only the delivery task: the job task's module imports torch, which this worker neither
     # needs nor (in the API's image) has.
     app.conf.include = ["worker.webhook_tasks"]

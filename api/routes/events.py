@@ -15,9 +15,9 @@ from api.deps import HubDep, ReaderDep, SettingsDep, load_record
 from api.event_hub import OVERFLOW, ZERO_ID, Event, EventHub, build_events, id_key, parse_event_id, sse
 from api.openapi import UNAVAILABLE, event_stream_content, problems
 from api.problems import not_found
-from api.reader import JobReader
 from api.schemas import LossHistory
-from jobs.keys import TERMINAL
+from jobs.reader import JobReader
+from jobs.record import TERMINAL
 
 router = APIRouter(prefix="/jobs", tags=["jobs"])
 

@@ -25,8 +25,8 @@ async def healthz() -> Health:
 )
 async def readyz(reader: ReaderDep, settings: SettingsDep) -> Readiness:
     """200 when Redis answers and at least one worker is alive, else 503."""
-    await reader.redis.ping()
-    workers = await reader.live_workers(3 * settings.worker_heartbeat_seconds)
+    await reader.ping()
+    workers = await reader.live_workers(settings.worker_heartbeat_seconds)
     if not workers:
-        raise Problem(503, "no-workers", "No workers", "no worker has reported in the last few seconds")
+        raise Problem("no-workers", "no worker has reported in the last few seconds")
     return Readiness(redis="ok", workers=workers)

@@ -31,15 +31,15 @@ async def get_snapshot(job_id: str, iteration: str, reader: ReaderDep, request: 
     snapshots: list[int] = record.get("snapshots", [])
     if iteration == "latest":
         if not snapshots:
-            raise Problem(404, "not-found", "Not found", "the job has no snapshot yet")
+            raise Problem("not-found", "the job has no snapshot yet")
         number = snapshots[-1]
     elif iteration.isascii() and iteration.isdigit() and len(iteration) <= 6 and int(iteration) in snapshots:
         number = int(iteration)
     else:
-        raise Problem(404, "not-found", "Not found", f"no snapshot {iteration[:20]!r} for this job")
+        raise Problem("not-found", f"no snapshot {iteration[:20]!r} for this job")
     data = await reader.snapshot(job_id, number)
     if data is None:
-        raise Problem(404, "not-found", "Not found", "the snapshot has expired")
+        raise Problem("not-found", "the snapshot has expired")
     cache = "no-cache" if iteration == "latest" else "private, max-age=86400, immutable"
     media_type = image_media_type(request.headers.get("accept"), "image/jpeg")
     headers = {"Cache-Control": cache, "X-Iteration": str(number), "Vary": "Accept"}
@@ -49,11 +49,11 @@ async def get_snapshot(job_id: str, iteration: str, reader: ReaderDep, request: 
 def no_result(status: str, error: dict[str, object] | None) -> Problem:
     """409 worded for the job's status: not yet, never (canceled), or never (failed, and why)."""
     if status == "canceled":
-        return Problem(409, "no-result", "No result", "the job was canceled before it finished; it has no result")
+        return Problem("no-result", "the job was canceled before it finished; it has no result")
     if status == "failed":
         why = f": {error['detail']}" if error and error.get("detail") else ""
-        return Problem(409, "no-result", "No result", f"the job failed{why}; it has no result")
-    return Problem(409, "not-finished", "Not finished", f"the job is {status}; the result exists once it succeeds")
+        return Problem("no-result", f"the job failed{why}; it has no result")
+    return Problem("not-finished", f"the job is {status}; the result exists once it succeeds")
 
 
 @router.get(
@@ -74,7 +74,7 @@ async def get_result(job_id: str, reader: ReaderDep, request: Request, caller: C
         raise no_result(record["status"], record.get("error"))
     data = await reader.result(job_id)
     if data is None:
-        raise Problem(404, "not-found", "Not found", "the result has expired")
+        raise Problem("not-found", "the result has expired")
     media_type = image_media_type(request.headers.get("accept"), "image/png")
     headers = {"Content-Disposition": f'inline; filename="{job_id}.png"', "Vary": "Accept"}
     return Response(data, media_type=media_type, headers=headers)

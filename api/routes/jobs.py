@@ -22,15 +22,15 @@ from api.direct_route import DirectRoute
 from api.multipart import form_files, form_text, read_job_form
 from api.openapi import SUBMIT_BODY, UNAVAILABLE, job_links, problems
 from api.problems import Problem, not_found, validation_problem
-from api.reader import JobReader
 from api.schemas import JobList, JobPublic
 from api.uploads import check_image, parse_params, read_upload
 from api.webhook_form import WebhookRequest, check_webhook, read_webhook_fields
-from jobs.keys import JobRecord, is_job_id, new_job_id, tenant_of, utc_now
 from jobs.queue import QUEUE_NAME, TASK_NAME
+from jobs.reader import JobReader
+from jobs.record import JobRecord, is_job_id, new_job_id, utc_now
 from jobs.settings import Settings
 from jobs.store import JobStore
-from jobs.tenancy import Limits, Refusal, TenantLimits
+from jobs.tenancy import Limits, Refusal, TenantLimits, tenant_of
 from jobs.view import job_url, job_view
 from jobs.webhooks import announce
 
@@ -103,15 +103,22 @@ async def submit_job(
                 errors.append({"field": "content", "message": "give exactly one content image"})
             raise validation_problem(errors)
         if len(styles) > settings.max_styles:
-            raise Problem(
-                413, "too-many-parts", "Request too large", f"at most {settings.max_styles} style images per job"
-            )
+            raise Problem("too-many-parts", f"at most {settings.max_styles} style images per job")
         # Decoding and Redis are blocking work: off the event loop.
         budget = request.app.state.decode_budget
         record = await run_in_threadpool(
-            accept_job, store, settings, celery, contents[0], styles, params, hook,
-            owner=caller, budget=budget, limits=limits,
-        )  # fmt: skip
+            accept_job,
+            store,
+            settings,
+            celery,
+            contents[0],
+            styles,
+            params,
+            hook,
+            owner=caller,
+            budget=budget,
+            limits=limits,
+        )
         job = await run_in_threadpool(view_of, record, store)
     finally:
         await form.close()
@@ -144,16 +151,21 @@ def accept_job(
         data = read_upload(upload, field)
         check_image(data, field, settings, budget)
         style_bytes.append(data)
-    admit(store, settings, job_params, (height, width))
+    admit(store.worker_registry(settings.worker_heartbeat_seconds).live().values(), job_params, (height, width))
     if store.queued_count() >= settings.max_queued_jobs:
         raise Problem(
-            429, "queue-full", "Too many queued jobs", "the queue is full; try again later",
+            "queue-full",
+            "the queue is full; try again later",
             headers={"Retry-After": "30"},
-        )  # fmt: skip
+        )
     record = JobRecord(
-        id=new_job_id(), created_at=utc_now(), params=job_params.model_dump(), style_count=len(styles),
-        owner=owner, **webhook,
-    )  # fmt: skip
+        id=new_job_id(),
+        created_at=utc_now(),
+        params=job_params.model_dump(),
+        style_count=len(styles),
+        owner=owner,
+        **webhook,
+    )
     tenant = tenant_of(owner)
     refusal = limits.admit(tenant, record.id, len(content_bytes) + sum(len(style) for style in style_bytes))
     if refusal is not None:
@@ -170,9 +182,10 @@ def accept_job(
         limits.release(tenant, record.id)
         log.error("could not queue job %s: %s", record.id, exc)
         raise Problem(
-            503, "unavailable", "Service unavailable", "the job queue is not answering; try again",
+            "unavailable",
+            "the job queue is not answering; try again",
             headers={"Retry-After": "5"},
-        ) from exc  # fmt: skip
+        ) from exc
     return record
 
 
@@ -181,7 +194,7 @@ def tenant_limits(store: JobStore, settings: Settings) -> TenantLimits:
     limits = Limits(
         settings.max_active_jobs_per_key, settings.max_submissions_per_minute, settings.max_stored_bytes_per_key
     )
-    return TenantLimits(store.redis, store.ttl, limits)
+    return store.tenant_limits(limits)
 
 
 def limit_problem(refusal: Refusal, limits: Limits, keyed: bool) -> Problem:
@@ -190,23 +203,29 @@ def limit_problem(refusal: Refusal, limits: Limits, keyed: bool) -> Problem:
     retry = {"Retry-After": str(refusal.retry_after)}
     if refusal.limit == "active":
         return Problem(
-            429, "too-many-active-jobs", "Too many active jobs",
+            "too-many-active-jobs",
             f"{who} has {refusal.value} jobs queued or running, the most it may; try again once one has ended",
-            headers=retry, active_jobs=refusal.value, limit=limits.active_jobs,
-        )  # fmt: skip
+            headers=retry,
+            active_jobs=refusal.value,
+            limit=limits.active_jobs,
+        )
     if refusal.limit == "submissions":
         return Problem(
-            429, "too-many-submissions", "Too many submissions",
+            "too-many-submissions",
             f"{who} has had {refusal.value} jobs accepted this minute, the most it may; try again in "
             f"{refusal.retry_after} s",
-            headers=retry, submissions=refusal.value, limit=limits.submissions_per_minute,
-        )  # fmt: skip
+            headers=retry,
+            submissions=refusal.value,
+            limit=limits.submissions_per_minute,
+        )
     return Problem(
-        429, "too-much-stored", "Too much stored",
+        "too-much-stored",
         f"{who}'s jobs hold {refusal.value} bytes, and may hold at most {limits.stored_bytes} with this job's "
         "uploads; try again once some have expired",
-        headers=retry, stored_bytes=refusal.value, limit=limits.stored_bytes,
-    )  # fmt: skip
+        headers=retry,
+        stored_bytes=refusal.value,
+        limit=limits.stored_bytes,
+    )
 
 
 @router.get(
@@ -290,7 +309,7 @@ def cancel_job(job_id: str, store: StoreDep, celery: CeleryDep, caller: CallerDe
         store.refresh_expiry(job_id)
         announce(store, job_id, "completed", celery=celery)
     elif status in ("succeeded", "failed"):
-        raise Problem(409, "already-finished", "Job already finished", f"the job has {status}; nothing to cancel")
+        raise Problem("already-finished", f"the job has {status}; nothing to cancel")
     record = store.get(job_id)
     if record is None:
         raise not_found()

@@ -9,11 +9,9 @@ from __future__ import annotations
 import asyncio
 import functools
 import json
-import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from typing import Any, Concatenate, ParamSpec, TypeVar
 
-import orjson
 import redis
 import redis.asyncio as aioredis
 
@@ -22,18 +20,17 @@ from jobs.keys import (
     JOBS_KEY,
     RUNNING_KEY,
     SERVED_KEY,
-    WORKERS_KEY,
     events_key,
-    is_job_id,
     job_key,
     losses_key,
     lua_layout,
     owner_jobs_key,
-    parse_history,
     result_key,
     snapshot_key,
 )
+from jobs.record import decode_fields, is_job_id, parse_history
 from jobs.view import job_view
+from jobs.workers import live_range
 
 # An event stream entry as Redis gives it: (id, {b"type": ..., b"data": ...}).
 RawEvent = tuple[bytes, dict[bytes, bytes]]
@@ -63,24 +60,10 @@ def bounded(
     return read
 
 
-def loads(value: bytes) -> Any:
-    """JSON from Redis: orjson (most of a poll's own work is this), or the standard library's
-    parser for the NaN and Infinity a worker of an earlier version may have written."""
-    try:
-        return orjson.loads(value)
-    except orjson.JSONDecodeError:
-        return json.loads(value)
-
-
 def owns(fields: dict[bytes, bytes], owner: str | None) -> bool:
     """Whether the job hash belongs to API key `owner` (None: keys are off, every job is visible).
     Compared as stored (JSON) to skip decoding: another key's job reads as no job at all."""
     return owner is None or fields.get(b"owner") == json.dumps(owner).encode()
-
-
-def decode_record(fields: dict[bytes, bytes]) -> dict[str, Any]:
-    """The job hash, each field's JSON decoded; no model validation on the hot path."""
-    return {name.decode(): loads(value) for name, value in fields.items()}
 
 
 class JobReader:
@@ -115,7 +98,7 @@ class JobReader:
         if not is_job_id(job_id):
             return None
         fields = await self.redis.hgetall(job_key(job_id))
-        return decode_record(fields) if fields and owns(fields, owner) else None
+        return decode_fields(fields) if fields and owns(fields, owner) else None
 
     @bounded
     async def job(self, job_id: str, owner: str | None = None) -> dict[str, Any] | None:
@@ -146,7 +129,7 @@ class JobReader:
             fields, rank, first, last = await pipe.execute()
         if not fields or not owns(fields, owner):
             return None, None, None
-        return job_view(decode_record(fields), rank), (first[0][0] if first else None), (last[0][0] if last else None)
+        return job_view(decode_fields(fields), rank), (first[0][0] if first else None), (last[0][0] if last else None)
 
     @bounded
     async def events_after(self, job_id: str, after: bytes) -> list[RawEvent]:
@@ -192,12 +175,28 @@ class JobReader:
                 if not fields:  # expired: drop it from the listing for good
                     await self.redis.zrem(index, raw_id)
                     continue
-                record = decode_record(fields)
+                record = decode_fields(fields)
                 last_sequence = record["sequence"]
                 jobs.append(job_view(record, rank))
         more = await self.redis.zrevrangebyscore(index, upper, "-inf", start=0, num=1)
         return jobs, (last_sequence if more else None)
 
     @bounded
-    async def live_workers(self, max_age_seconds: float) -> int:
-        return int(await self.redis.zcount(WORKERS_KEY, time.time() - max_age_seconds, "+inf"))
+    async def live_workers(self, heartbeat_seconds: float) -> int:
+        """How many workers are live (jobs/workers.py's rule)."""
+        return int(await self.redis.zcount(*live_range(heartbeat_seconds)))
+
+    @bounded
+    async def ping(self) -> None:
+        await self.redis.ping()
+
+
+async def read_new_events(
+    client: aioredis.Redis, positions: Mapping[str, bytes], count: int, block_ms: int
+) -> list[tuple[str, list[RawEvent]]]:
+    """The entries of several jobs' event streams after the positions given (job id -> the last
+    entry id seen), waiting up to `block_ms` for one: [(job id, entries)], one XREAD for all."""
+    watched = {events_key(job_id): job_id for job_id in positions}
+    streams = {key: positions[job_id] for key, job_id in watched.items()}
+    replies = await client.xread(streams, count=count, block=block_ms)
+    return [(watched[key.decode()], entries) for key, entries in replies or []]
