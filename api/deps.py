@@ -3,7 +3,7 @@ the event hub and the Celery app of this process."""
 
 from __future__ import annotations
 
-from typing import Annotated, Any
+from typing import Annotated, Any, cast
 
 from celery import Celery
 from fastapi import Depends, Request
@@ -16,19 +16,19 @@ from jobs.store import JobStore
 
 
 async def _settings(request: Request) -> Settings:
-    return request.app.state.settings
+    return cast(Settings, request.app.state.settings)
 
 
 async def _store(request: Request) -> JobStore:
-    return request.app.state.store
+    return cast(JobStore, request.app.state.store)
 
 
 async def _reader(request: Request) -> JobReader:
-    return request.app.state.reader
+    return cast(JobReader, request.app.state.reader)
 
 
 async def _hub(request: Request) -> EventHub:
-    return request.app.state.hub
+    return cast(EventHub, request.app.state.hub)
 
 
 async def _celery(request: Request) -> Celery:

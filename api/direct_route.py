@@ -20,6 +20,7 @@ class DirectRoute(APIRoute):
         endpoint = self.endpoint
 
         async def handler(request: Request) -> Response:
-            return await endpoint(request=request, **request.path_params)
+            response: Response = await endpoint(request=request, **request.path_params)
+            return response
 
         return handler

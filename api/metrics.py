@@ -86,7 +86,7 @@ def route_template(scope: Scope, routes: Iterable[BaseRoute]) -> str:
 def _is_event_stream(message: Message) -> bool:
     for name, value in message["headers"]:  # a plain loop: this runs on every answer
         if name.lower() == b"content-type":
-            return value.startswith(EVENT_STREAM)
+            return bool(value.startswith(EVENT_STREAM))
     return False
 
 
@@ -134,7 +134,7 @@ class HttpMetricsMiddleware:
 
 
 def _histogram(name: str, documentation: str, snapshot: telemetry.HistogramSnapshot) -> HistogramMetricFamily:
-    buckets = [(floatToGoString(bound), float(count)) for bound, count in snapshot.buckets]
+    buckets = [(floatToGoString(bound), float(count)) for bound, count in snapshot.buckets]  # type: ignore[no-untyped-call]
     return HistogramMetricFamily(name, documentation, buckets=buckets, sum_value=snapshot.sum)
 
 

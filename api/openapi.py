@@ -12,9 +12,9 @@ from pydantic import BaseModel
 
 from api.auth import declare_bearer_security
 from api.problems import PROBLEM_MEDIA_TYPE
-from api.schemas import ProgressEvent, SnapshotEvent, StatusEvent
 from core.params import fill_defaults
 from jobs.settings import Settings
+from jobs.view import ProgressEvent, SnapshotEvent, StatusEvent
 
 # OpenAPI 3.2 describes an event stream item by item (`itemSchema`); generators that stop at 3.1
 # (openapi-python-client) read the same document at OPENAPI_31_URL, where the stream is a string.
@@ -28,9 +28,10 @@ RETRY_AFTER = {"Retry-After": {"description": "seconds to wait before trying aga
 UNAVAILABLE = "the job store is not answering (Redis restarting); see Retry-After"
 
 
-def problems(**described: str) -> dict[int | str, dict[str, Any]]:
+def problems(**described: str) -> dict[Any, dict[str, Any]]:
     """Responses for a route's own error codes, each an application/problem+json Problem:
-    `problems(e404="no such job", e409="...")`."""
+    `problems(e404="no such job", e409="...")`. Keyed by Any so that a route's own responses
+    (keyed by int) join them with `|`."""
     responses: dict[int | str, dict[str, Any]] = {}
     for name, description in described.items():
         status = int(name.removeprefix("e"))

@@ -10,7 +10,7 @@ import asyncio
 import functools
 import json
 from collections.abc import Awaitable, Callable, Mapping
-from typing import Any, Concatenate, ParamSpec, TypeVar
+from typing import Any, Concatenate, ParamSpec, TypeVar, cast
 
 import redis
 import redis.asyncio as aioredis
@@ -57,7 +57,8 @@ def bounded(
         except TimeoutError as exc:
             raise redis.TimeoutError("Redis did not answer in time") from exc
 
-    return read
+    # functools.wraps types its result as a wrapper of `method`: the same call, to a type checker.
+    return cast(Callable[Concatenate[JobReader, P], Awaitable[R]], read)
 
 
 def owns(fields: dict[bytes, bytes], owner: str | None) -> bool:
@@ -97,7 +98,7 @@ class JobReader:
     async def _record(self, job_id: str, owner: str | None) -> dict[str, Any] | None:
         if not is_job_id(job_id):
             return None
-        fields = await self.redis.hgetall(job_key(job_id))
+        fields = cast(dict[bytes, bytes], await self.redis.hgetall(job_key(job_id)))
         return decode_fields(fields) if fields and owns(fields, owner) else None
 
     @bounded
@@ -134,20 +135,20 @@ class JobReader:
     @bounded
     async def events_after(self, job_id: str, after: bytes) -> list[RawEvent]:
         """Every entry of the job's stream after `after` (exclusive)."""
-        return await self.redis.xrange(events_key(job_id), min=b"(" + after)
+        return cast(list[RawEvent], await self.redis.xrange(events_key(job_id), min=b"(" + after))
 
     @bounded
     async def losses(self, job_id: str) -> dict[str, list[float]]:
-        raw = await self.redis.get(losses_key(job_id))
+        raw = cast(bytes | None, await self.redis.get(losses_key(job_id)))
         return parse_history(raw.decode() if raw else "")
 
     @bounded
     async def snapshot(self, job_id: str, iteration: int) -> bytes | None:
-        return await self.redis.get(snapshot_key(job_id, iteration))
+        return cast(bytes | None, await self.redis.get(snapshot_key(job_id, iteration)))
 
     @bounded
     async def result(self, job_id: str) -> bytes | None:
-        return await self.redis.get(result_key(job_id))
+        return cast(bytes | None, await self.redis.get(result_key(job_id)))
 
     @bounded
     async def list_jobs(
@@ -160,8 +161,9 @@ class JobReader:
         jobs: list[dict[str, Any]] = []
         last_sequence = 0
         while len(jobs) < limit:
-            rows = await self.redis.zrevrangebyscore(
-                index, upper, "-inf", start=0, num=limit - len(jobs), withscores=True
+            rows = cast(
+                list[tuple[bytes, float]],
+                await self.redis.zrevrangebyscore(index, upper, "-inf", start=0, num=limit - len(jobs), withscores=True),
             )
             if not rows:
                 return jobs, None
@@ -197,6 +199,6 @@ async def read_new_events(
     """The entries of several jobs' event streams after the positions given (job id -> the last
     entry id seen), waiting up to `block_ms` for one: [(job id, entries)], one XREAD for all."""
     watched = {events_key(job_id): job_id for job_id in positions}
-    streams = {key: positions[job_id] for key, job_id in watched.items()}
-    replies = await client.xread(streams, count=count, block=block_ms)
+    streams: dict[Any, Any] = {key: positions[job_id] for key, job_id in watched.items()}
+    replies = cast(list[tuple[bytes, list[RawEvent]]] | None, await client.xread(streams, count=count, block=block_ms))
     return [(watched[key.decode()], entries) for key, entries in replies or []]

@@ -57,7 +57,7 @@ def parse_events(values: Iterable[str]) -> list[str]:
 
 def retry_delay(retries: int, base_seconds: float, jitter: float = 0.0) -> float:
     """Seconds before retry number `retries` + 1: base x 2^retries, times (1 + jitter), capped."""
-    return min(base_seconds * 2**retries * (1 + jitter), MAX_DELAY_SECONDS)
+    return min(base_seconds * 2.0**retries * (1 + jitter), MAX_DELAY_SECONDS)
 
 
 def message(event: str, job: dict[str, Any]) -> str:

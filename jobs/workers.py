@@ -10,7 +10,8 @@ from __future__ import annotations
 
 import json
 import time
-from typing import Any
+from collections.abc import Mapping
+from typing import Any, cast
 
 import redis
 
@@ -44,7 +45,7 @@ def parse_report(raw: bytes | None) -> dict[str, Any]:
     return report if isinstance(report, dict) else {}
 
 
-def live_reports(names: list[bytes], reports: dict[bytes, bytes]) -> dict[str, dict[str, Any]]:
+def live_reports(names: list[bytes], reports: Mapping[bytes, bytes | None]) -> dict[str, dict[str, Any]]:
     """Live worker -> its last report ({} if it reported nothing), from the set's and the hash's replies."""
     return {name.decode(): parse_report(reports.get(name)) for name in names}
 
@@ -84,7 +85,8 @@ class WorkerRegistry:
         if dead:
             self.redis.zrem(key, *dead)
             self.redis.hdel(WORKER_INFO_KEY, *dead)
-        names = self.redis.zrangebyscore(key, since, until)
+        names = cast(list[bytes], self.redis.zrangebyscore(key, since, until))
         if not names:
             return {}
-        return live_reports(names, dict(zip(names, self.redis.hmget(WORKER_INFO_KEY, names), strict=True)))
+        reports = cast(list[bytes | None], self.redis.hmget(WORKER_INFO_KEY, names))
+        return live_reports(names, dict(zip(names, reports, strict=True)))

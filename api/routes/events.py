@@ -15,9 +15,9 @@ from api.deps import HubDep, ReaderDep, SettingsDep, load_record
 from api.event_hub import OVERFLOW, ZERO_ID, Event, EventHub, build_events, id_key, parse_event_id, sse
 from api.openapi import UNAVAILABLE, event_stream_content, problems
 from api.problems import not_found
-from api.schemas import LossHistory
 from jobs.reader import JobReader
 from jobs.record import TERMINAL
+from jobs.view import LossHistory
 
 router = APIRouter(prefix="/jobs", tags=["jobs"])
 
@@ -32,15 +32,20 @@ EVENTS_DOC = """Server-Sent Events, each with an `id` (send it back as `Last-Eve
 Comment lines (`: keep-alive`) come every 15 s when nothing else does."""
 
 
+STREAM_ANSWER: dict[str, Any] = {"description": EVENTS_DOC, "content": event_stream_content("one Server-Sent Event")}
+NOTHING_MORE = "the job has ended and Last-Event-ID names its last event: nothing more will come"
+EVENTS_RESPONSES: dict[int | str, dict[str, Any]] = {
+    200: STREAM_ANSWER,
+    204: {"description": NOTHING_MORE},
+    **problems(e404="no such job", e503=UNAVAILABLE),
+}
+
+
 @router.get(
     "/{job_id}/events",
     operation_id="job_events",
     response_class=StreamingResponse,
-    responses={
-        200: {"description": EVENTS_DOC, "content": event_stream_content("one Server-Sent Event")},
-        204: {"description": "the job has ended and Last-Event-ID names its last event: nothing more will come"},
-    }
-    | problems(e404="no such job", e503=UNAVAILABLE),
+    responses=EVENTS_RESPONSES,
 )
 async def job_events(
     job_id: str,

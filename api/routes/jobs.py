@@ -22,7 +22,7 @@ from api.direct_route import DirectRoute
 from api.multipart import form_files, form_text, read_job_form
 from api.openapi import SUBMIT_BODY, UNAVAILABLE, job_links, problems
 from api.problems import Problem, not_found, validation_problem
-from api.schemas import JobList, JobPublic
+from api.schemas import JobList
 from api.uploads import check_image, parse_params, read_upload
 from api.webhook_form import WebhookRequest, check_webhook, read_webhook_fields
 from jobs.queue import QUEUE_NAME, TASK_NAME
@@ -31,7 +31,7 @@ from jobs.record import JobRecord, is_job_id, new_job_id, utc_now
 from jobs.settings import Settings
 from jobs.store import JobStore
 from jobs.tenancy import Limits, Refusal, TenantLimits, tenant_of
-from jobs.view import job_url, job_view
+from jobs.view import JobPublic, job_url, job_view
 from jobs.webhooks import announce
 
 log = logging.getLogger(__name__)
