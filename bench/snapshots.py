@@ -35,7 +35,7 @@ from core.weights import WeightsSource  # noqa: E402
 from jobs.record import JobRecord, new_job_id, utc_now  # noqa: E402
 from jobs.store import JobStore  # noqa: E402
 from worker.local import free_port, start_redis, stop_processes  # noqa: E402
-from worker.runner import JPEG_QUALITY, ProgressPublisher, finite_values  # noqa: E402
+from worker.progress_publisher import JPEG_QUALITY, ProgressPublisher, finite_values  # noqa: E402
 
 SAMPLE = ROOT / "examples" / "images" / "coffee.png"
 

@@ -19,7 +19,7 @@ def keep_our_logging() -> None:
         import celery.apps.worker
 
         # Celery writes "worker: Warm shutdown" straight to the file descriptor: as a record instead.
-        celery.apps.worker.safe_say = say_as_record  # type: ignore[assignment]
+        celery.apps.worker.safe_say = say_as_record
 
 
 def say_as_record(message: str, stream: object = None) -> None:

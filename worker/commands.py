@@ -46,8 +46,8 @@ def run_worker(args: argparse.Namespace, stderr: TextIO) -> None:
 
     keep_our_logging()
     from jobs.queue import QUEUE_NAME, get_celery_app
+    from worker.context import worker_context
     from worker.heartbeat import start_heartbeat
-    from worker.runner import worker_context
     from worker.warmup import warm_up
 
     context = worker_context()

@@ -8,7 +8,7 @@ import threading
 
 from jobs.queue import QUEUE_NAME, TASK_NAME, get_celery_app
 from jobs.webhooks import announce
-from worker.runner import WorkerContext
+from worker.context import WorkerContext
 
 log = logging.getLogger(__name__)
 

@@ -8,6 +8,6 @@ from jobs.queue import TASK_NAME
 from worker.runner import run_job
 
 
-@shared_task(name=TASK_NAME, ignore_result=True)
+@shared_task(name=TASK_NAME, ignore_result=True)  # type: ignore[untyped-decorator]  # Celery ships no types
 def stylize_job(job_id: str) -> None:
     run_job(job_id)

@@ -34,7 +34,7 @@ def _count(settings: Settings, outcome: str) -> None:
         log.warning("webhook delivery not counted: %s", exc)
 
 
-@shared_task(bind=True, name=WEBHOOK_TASK, ignore_result=True)
+@shared_task(bind=True, name=WEBHOOK_TASK, ignore_result=True)  # type: ignore[untyped-decorator]  # Celery ships no types
 def deliver_webhook(task: Task, job_id: str, event: str, url: str, message_id: str, payload: str) -> None:
     """One attempt; a retry is a new message with a countdown, on this same queue."""
     with job_context(job_id):  # the records of this attempt carry the job id

@@ -1,0 +1,47 @@
+"""The state one worker process shares between its job loop and its heartbeat thread."""
+
+from __future__ import annotations
+
+import os
+import socket
+import threading
+from dataclasses import dataclass, field
+from functools import lru_cache
+
+from jobs.settings import Settings, get_settings
+from jobs.store import JobStore
+from jobs.workers import worker_name
+from worker.device_profile import DeviceProfile, measure_profile
+
+
+@dataclass
+class WorkerContext:
+    settings: Settings
+    store: JobStore
+    name: str
+    # (job id, run token) of the job this process runs now; the heartbeat renews its lease.
+    current: tuple[str, str] | None = None
+    lock: threading.Lock = field(default_factory=threading.Lock)
+    _profile: DeviceProfile | None = None
+    # The latest rate a job of this process reported (set on the loop's thread, read by the heartbeat's).
+    last_iterations_per_second: float | None = None
+
+    def profile(self) -> DeviceProfile:
+        with self.lock:
+            if self._profile is None:
+                self._profile = measure_profile(self.settings)
+            return self._profile
+
+    def report(self) -> dict[str, object]:
+        """What the heartbeat says: the profile and, once a job has run, its latest iterations per second."""
+        report = self.profile().report()
+        if self.last_iterations_per_second is not None:
+            report["iterations_per_second"] = self.last_iterations_per_second
+        return report
+
+
+@lru_cache(maxsize=1)
+def worker_context() -> WorkerContext:
+    settings = get_settings()
+    store = JobStore.from_url(settings.redis_url, settings.job_ttl_seconds)
+    return WorkerContext(settings, store, worker_name(socket.gethostname(), os.getpid()))
