@@ -15,7 +15,7 @@ from typing import Any, Concatenate, ParamSpec, TypeVar, cast
 import redis
 import redis.asyncio as aioredis
 
-from jobs.fair_queue import POSITION
+from jobs.fair_queue import QUEUE_POSITION
 from jobs.keys import (
     JOBS_KEY,
     RUNNING_KEY,
@@ -58,7 +58,7 @@ def bounded(
             raise redis.TimeoutError("Redis did not answer in time") from exc
 
     # functools.wraps types its result as a wrapper of `method`: the same call, to a type checker.
-    return cast(Callable[Concatenate[JobReader, P], Awaitable[R]], read)
+    return cast("Callable[Concatenate[JobReader, P], Awaitable[R]]", read)
 
 
 def owns(fields: dict[bytes, bytes], owner: str | None) -> bool:
@@ -74,13 +74,14 @@ class JobReader:
         self.redis = client
         self.permits = asyncio.Semaphore(max_connections)
         # A queued job's place, in fair order between tenants (jobs/fair_queue.py).
-        self._ahead = client.register_script(POSITION)
+        self._ahead = QUEUE_POSITION.register_async(client)
         self._layout = lua_layout()
 
     def _queue_ahead(self, job_id: str | bytes, pipe: Any = None) -> Awaitable[Any]:
         """How many jobs start before this one (None: it is not queued); in `pipe`, awaiting it
         only adds it there."""
-        return self._ahead(keys=[RUNNING_KEY, SERVED_KEY], args=[job_id, self._layout], client=pipe)
+        keys = {"running": RUNNING_KEY, "served": SERVED_KEY}
+        return self._ahead(keys=keys, args={"job": job_id, "layout": self._layout}, client=pipe)
 
     @classmethod
     def from_url(cls, url: str, max_connections: int = 64) -> JobReader:
@@ -163,7 +164,9 @@ class JobReader:
         while len(jobs) < limit:
             rows = cast(
                 list[tuple[bytes, float]],
-                await self.redis.zrevrangebyscore(index, upper, "-inf", start=0, num=limit - len(jobs), withscores=True),
+                await self.redis.zrevrangebyscore(
+                    index, upper, "-inf", start=0, num=limit - len(jobs), withscores=True
+                ),
             )
             if not rows:
                 return jobs, None

@@ -10,7 +10,7 @@ service hold, checked at submit in one Lua script:
 - bytes held in Redis (NST_MAX_STORED_BYTES_PER_KEY): a ledger per tenant, job id -> bytes, with
   when each job's bytes expire. A job's inputs count from its submission until it ends (they are
   deleted then), its snapshots as they are written, its result from its end; all of it until the
-  job's keys expire. The scripts that change a job keep the ledger (fair_queue.TENANCY_LUA).
+  job's keys expire. The scripts that change a job keep the ledger (jobs/lua/tenancy.lua).
 
 Counting and taking happen in the same script: two submissions of one tenant at the same moment
 cannot both take the last place.
@@ -23,6 +23,7 @@ from dataclasses import dataclass
 
 import redis
 
+from jobs import scripts
 from jobs.keys import (
     OPEN_TENANT,
     held_jobs_key,
@@ -36,71 +37,10 @@ from jobs.keys import (
 RESERVED_SECONDS = 60.0  # far above the moment between taking a place and storing the job
 WINDOW_SECONDS = 60  # submissions are counted per minute of the clock
 
-# KEYS: active set, this minute's submissions, held total, held jobs, held until.
-# ARGV: job id, active limit (0: none), submissions limit, bytes to hold, bytes limit, the job's
-# TTL (its bytes count that long at most), the TTL of the tenant's keys, the job hash's key
-# template, take (1) or only look (0), RESERVED_SECONDS. Returns {'ok'}, or the limit that refuses
-# with the tenant's figure: {'active', count}, {'submissions', count}, {'bytes', held}. Taking
-# twice for one job (a reply lost, the call made again) takes once.
-_ADMIT = """
-local job = ARGV[1]
-local active_limit, submission_limit = tonumber(ARGV[2]), tonumber(ARGV[3])
-local bytes, bytes_limit = tonumber(ARGV[4]), tonumber(ARGV[5])
-local job_ttl, ttl, take = tonumber(ARGV[6]), tonumber(ARGV[7]), ARGV[9] == '1'
-local final = {['"succeeded"'] = true, ['"failed"'] = true, ['"canceled"'] = true}
-local time = redis.call('TIME')
-local now = tonumber(time[1]) + tonumber(time[2]) / 1000000
-if take and redis.call('HEXISTS', KEYS[4], job) == 1 then return {'ok'} end
-
-local members = redis.call('ZRANGE', KEYS[1], 0, -1, 'WITHSCORES')
-local active = 0
-for i = 1, #members, 2 do
-  local status = redis.call('HGET', string.format(ARGV[8], members[i]), 'status')
-  if (not status and tonumber(members[i + 1]) < now - tonumber(ARGV[10])) or (status and final[status]) then
-    redis.call('ZREM', KEYS[1], members[i])
-  else
-    active = active + 1
-  end
-end
-if active_limit > 0 and active >= active_limit then return {'active', active} end
-
-local submitted = tonumber(redis.call('GET', KEYS[2]) or '0')
-if submitted >= submission_limit then return {'submissions', submitted} end
-
-local expired = redis.call('ZRANGEBYSCORE', KEYS[5], '-inf', now)
-for _, id in ipairs(expired) do
-  redis.call('DECRBY', KEYS[3], tonumber(redis.call('HGET', KEYS[4], id) or '0'))
-  redis.call('HDEL', KEYS[4], id)
-  redis.call('ZREM', KEYS[5], id)
-end
-local held = tonumber(redis.call('GET', KEYS[3]) or '0')
-if held + bytes > bytes_limit or held >= bytes_limit then return {'bytes', held} end
-
-if take then
-  redis.call('ZADD', KEYS[1], now, job)
-  redis.call('INCR', KEYS[2])
-  redis.call('EXPIRE', KEYS[2], 2 * 60)
-  redis.call('HSET', KEYS[4], job, bytes)
-  redis.call('INCRBY', KEYS[3], bytes)
-  redis.call('ZADD', KEYS[5], math.floor(now) + job_ttl, job)
-end
-for i = 1, 5 do
-  if i ~= 2 then redis.call('EXPIRE', KEYS[i], ttl) end
-end
-return {'ok'}
-"""
-
-# Give back what _ADMIT took for a job that was not queued after all. KEYS as _ADMIT's; ARGV: job id.
-_RELEASE = """
-redis.call('ZREM', KEYS[1], ARGV[1])
-if tonumber(redis.call('GET', KEYS[2]) or '0') > 0 then redis.call('DECR', KEYS[2]) end
-local bytes = redis.call('HGET', KEYS[4], ARGV[1])
-if bytes then
-  redis.call('DECRBY', KEYS[3], tonumber(bytes))
-  redis.call('HDEL', KEYS[4], ARGV[1])
-  redis.call('ZREM', KEYS[5], ARGV[1])
-end
-"""
+# Counting and taking, and giving back (jobs/lua/admit.lua, release.lua); both take the tenant's
+# keys that _keys names.
+_ADMIT = scripts.load("admit")
+_RELEASE = scripts.load("release")
 
 
 def tenant_of(owner: str | None) -> str:
@@ -135,13 +75,13 @@ class TenantLimits:
         # plus a job's run), so a tenant that stops submitting leaves nothing behind.
         self.ttl = ttl_seconds
         self.limits = limits
-        self._admit = client.register_script(_ADMIT)
-        self._release = client.register_script(_RELEASE)
+        self._admit = _ADMIT.register(client)
+        self._release = _RELEASE.register(client)
 
     def check(self, tenant: str) -> Refusal | None:
         """Whether a submission could be admitted now, taking nothing: asked before the upload is
         read, so a tenant over a limit is told at once."""
-        return self._run(tenant, "", 0, take=False)
+        return self._run(tenant, None, 0, take=False)
 
     def admit(self, tenant: str, job_id: str, input_bytes: int) -> Refusal | None:
         """Take a place, a submission and `input_bytes` for the job; None when taken, else what refused it."""
@@ -149,7 +89,7 @@ class TenantLimits:
 
     def release(self, tenant: str, job_id: str) -> None:
         """Give back what admit took for a job that was not queued after all."""
-        self._release(keys=self._keys(tenant, time.time()), args=[job_id])
+        self._release(keys=self._keys(tenant, time.time()), args={"job": job_id})
 
     def active_jobs(self, tenant: str) -> int:
         """The tenant's active jobs now (counting drops the ended ones)."""
@@ -159,31 +99,32 @@ class TenantLimits:
     def held_bytes(self, tenant: str) -> int:
         return int(self.redis.get(held_total_key(tenant)) or 0)
 
-    def _keys(self, tenant: str, now: float) -> list[str]:
+    def _keys(self, tenant: str, now: float) -> dict[str, scripts.Key]:
         window = int(now // WINDOW_SECONDS)
-        return [
-            owner_active_key(tenant),
-            submissions_key(tenant, window),
-            held_total_key(tenant),
-            held_jobs_key(tenant),
-            held_until_key(tenant),
-        ]
+        return {
+            "active": owner_active_key(tenant),
+            "submissions": submissions_key(tenant, window),
+            "held_total": held_total_key(tenant),
+            "held_jobs": held_jobs_key(tenant),
+            "held_until": held_until_key(tenant),
+        }
 
-    def _run(self, tenant: str, job_id: str, input_bytes: int, *, take: bool) -> Refusal | None:
+    def _run(self, tenant: str, job_id: str | None, input_bytes: int, *, take: bool) -> Refusal | None:
+        """Admission through admit.lua; `job_id` None only looks (nothing is taken then)."""
         now = time.time()
         limits = self.limits
-        args = [
-            job_id,
-            limits.active_jobs or 0,
-            limits.submissions_per_minute,
-            input_bytes,
-            limits.stored_bytes,
-            self.ttl,
-            self.ttl + 3600,
-            job_key("%s"),
-            1 if take else 0,
-            RESERVED_SECONDS,
-        ]
+        args: dict[str, scripts.Value] = {
+            "job": job_id,
+            "active_limit": limits.active_jobs or 0,
+            "submission_limit": limits.submissions_per_minute,
+            "bytes": input_bytes,
+            "bytes_limit": limits.stored_bytes,
+            "job_ttl": self.ttl,
+            "ttl": self.ttl + 3600,
+            "job_template": job_key("%s"),
+            "take": 1 if take else 0,
+            "reserved_seconds": RESERVED_SECONDS,
+        }
         reply = self._admit(keys=self._keys(tenant, now), args=args)
         kind = reply[0].decode()
         if kind == "ok":
