@@ -78,7 +78,7 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def add_stylize_command(commands: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+def add_stylize_command(commands: argparse._SubParsersAction[OneLineParser]) -> None:
     sub = commands.add_parser(
         "stylize",
         help="stylise a content image with one or more style images",
@@ -217,14 +217,14 @@ def plan_memory(params: StyleParams, original: tuple[int, int], device: str | No
 
     from core.device import resolve_device
     from core.engine import EngineOptions
-    from core.memory import JobTooBig, default_budget, fit_job
+    from core.memory import DeviceType, JobTooBig, default_budget, fit_job
 
     resolved = resolve_device(device)
     raw = os.environ.get("NST_MEMORY_BUDGET_BYTES", "").strip()
     if raw and not (raw.isascii() and raw.isdigit()):
         raise CommandError(f"NST_MEMORY_BUDGET_BYTES={raw!r}: give a number of bytes")
     budget = int(raw) if raw else default_budget(str(resolved))
-    device_type = "cuda" if resolved.type == "cuda" else "cpu"
+    device_type: DeviceType = "cuda" if resolved.type == "cuda" else "cpu"
     precision = EngineOptions.for_device(resolved).precision
     try:
         estimate = fit_job(params, original, budget, device_type=device_type, precision=precision)

@@ -32,19 +32,24 @@ def color_moments(image: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
 
 def _sqrt_sym(matrix: torch.Tensor) -> torch.Tensor:
     values, vectors = torch.linalg.eigh(matrix)
-    return vectors @ torch.diag(values.clamp(min=0).sqrt()) @ vectors.T
+    root: torch.Tensor = vectors @ torch.diag(values.clamp(min=0).sqrt()) @ vectors.T  # `@` is untyped in torch
+    return root
 
 
 def color_transform(image_cov: torch.Tensor, reference_cov: torch.Tensor, mode: ColorMatchKind) -> torch.Tensor:
     """The 3x3 matrix A with A C_i A^T = C_r (float64), for `mode`."""
+    transform: torch.Tensor  # declared: torch leaves `@` untyped
     if mode == "chol":
-        return torch.linalg.cholesky(reference_cov) @ torch.linalg.inv(torch.linalg.cholesky(image_cov))
+        transform = torch.linalg.cholesky(reference_cov) @ torch.linalg.inv(torch.linalg.cholesky(image_cov))
+        return transform
     root_i = _sqrt_sym(image_cov)
     if mode == "pca":
-        return _sqrt_sym(reference_cov) @ torch.linalg.inv(root_i)
+        transform = _sqrt_sym(reference_cov) @ torch.linalg.inv(root_i)
+        return transform
     if mode == "sym":
         inverse = torch.linalg.inv(root_i)
-        return inverse @ _sqrt_sym(root_i @ reference_cov @ root_i) @ inverse
+        transform = inverse @ _sqrt_sym(root_i @ reference_cov @ root_i) @ inverse
+        return transform
     raise ValueError(f"unknown colour matching mode {mode!r}")
 
 

@@ -35,7 +35,7 @@ def copy_to_host(*tensors: torch.Tensor) -> HostCopy:
                 host = torch.empty_like(tensor, device="cpu", pin_memory=True)  # keeps the layout: a plain DMA
                 host.copy_(tensor.detach(), non_blocking=True)
                 hosts.append(host)
-            ready = torch.cuda.Event()
+            ready = torch.cuda.Event()  # type: ignore[no-untyped-call]  # torch leaves Event.__new__ unannotated
             ready.record(torch.cuda.current_stream(tensors[0].device))
         return HostCopy(tuple(hosts), ready)
     return HostCopy(tuple(t.detach().clone() for t in tensors), None)

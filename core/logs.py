@@ -74,7 +74,7 @@ def make_formatter() -> logging.Formatter:
     return JsonFormatter() if log_format() == "json" else logging.Formatter(TEXT_FORMAT)
 
 
-class NstHandler(logging.StreamHandler):  # type: ignore[type-arg]
+class NstHandler(logging.StreamHandler[TextIO]):
     """The handler configure_logging installs (told apart from a host's, such as pytest's)."""
 
 
@@ -111,6 +111,7 @@ def _log_uncaught_in_thread(args: threading.ExceptHookArgs) -> None:
     if args.exc_type is SystemExit:
         return
     name = args.thread.name if args.thread else "a thread"
-    logging.getLogger("nst").error(
-        "uncaught exception in %s", name, exc_info=(args.exc_type, args.exc_value, args.exc_traceback)
-    )
+    # ExceptHookArgs allows a missing value; a thread's uncaught exception always has one.
+    value = args.exc_value
+    exc_info = (args.exc_type, value, args.exc_traceback) if value is not None else None
+    logging.getLogger("nst").error("uncaught exception in %s", name, exc_info=exc_info)

@@ -80,7 +80,7 @@ def _maps(size: Size, depth: int) -> list[_Map]:
             c = next(channels)
             for kind in ("conv", "relu"):
                 if index < depth:
-                    maps.append(_Map(index, kind, c * height * width))  # type: ignore[arg-type]
+                    maps.append(_Map(index, kind, c * height * width))
                 index += 1
         height, width = height // 2, width // 2
         if index < depth:

@@ -63,12 +63,12 @@ class LossFunction(nn.Module):
         parts = STYLE_TARGET_PARTS[self.style_kind]
         layer_loss = STYLE_LOSSES[self.style_kind]
         for i, (weight, f) in enumerate(zip(self.style_layer_weights, maps[self.content_count :], strict=True)):
-            target = style_targets[i * parts : (i + 1) * parts]
+            layer_targets = style_targets[i * parts : (i + 1) * parts]
             if self.extractor.checkpointing and f.requires_grad:
                 # The statistics' fp32 copy of a bf16 map is made again in the backward, not kept.
-                style = style + weight * checkpoint(layer_loss, f, *target, use_reentrant=False)
+                style = style + weight * checkpoint(layer_loss, f, *layer_targets, use_reentrant=False)
             else:
-                style = style + weight * layer_loss(f, *target)
+                style = style + weight * layer_loss(f, *layer_targets)
         tv = total_variation(x) if self.tv_weight > 0 else zero
         total = self.alpha * content + self.beta * style + self.tv_weight * tv
         return torch.stack([total, content, style, tv])

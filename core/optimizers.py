@@ -76,7 +76,7 @@ def take_step(optimizer: torch.optim.Optimizer, loss: torch.Tensor) -> None:
         state[LOSS_SCALE] = lbfgs_loss_scale(x.grad)
     scale = state[LOSS_SCALE]
     x.grad = x.grad * scale  # a new tensor: the compiled backward's output is left as it was
-    optimizer.step(_Evaluated(loss * scale))
+    optimizer.step(_Evaluated(loss * scale))  # type: ignore[no-untyped-call]  # torch leaves LBFGS.step unannotated
 
 
 def lbfgs_loss_scale(grad: torch.Tensor) -> float:

@@ -49,6 +49,7 @@ def build_features(state: dict[str, torch.Tensor], *, depth: int, pooling: Pooli
             out_channels = state[f"{position}.weight"].shape[0]
             conv = nn.Conv2d(in_channels, out_channels, kernel_size=3, padding=1)
             conv.weight.data.copy_(state[f"{position}.weight"])
+            assert conv.bias is not None  # Conv2d's bias=True default
             conv.bias.data.copy_(state[f"{position}.bias"])
             modules += [conv, nn.ReLU(inplace=False)]
             in_channels = out_channels
@@ -69,6 +70,8 @@ class VGGFeatures(nn.Module):
     (torch.utils.checkpoint) instead of storing its inside. Same numbers, less memory, about a
     third more time.
     """
+
+    input_offset: torch.Tensor  # a buffer, registered in __init__
 
     def __init__(self, features: nn.Sequential, layers: Sequence[str], checkpointing: bool = False) -> None:
         super().__init__()

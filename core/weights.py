@@ -55,7 +55,8 @@ def features_state_dict(source: WeightsSource) -> StateDict:
         log.warning("%s=random: using untrained VGG-19 weights; results are not style transfer", ENV_VAR)
         return random_state_dict()
     if source.kind == "file":
-        return _features_from_file(source.path)  # type: ignore[arg-type]
+        assert source.path is not None  # parse gives a file source its path
+        return _features_from_file(source.path)
     return _features_from_torchvision()
 
 
