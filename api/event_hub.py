@@ -1,6 +1,6 @@
 """Job events for Server-Sent Events: one reader of the Redis streams per API process, fanned out.
 
-A blocking XREAD per client would hold one Redis connection per open stream (pitfalls.md). Here
+A blocking XREAD per client would hold one Redis connection per open stream. Here
 one task per process reads every watched job's stream with a single XREAD and hands each entry,
 formatted once, to an in-memory queue per client. A client that falls behind (its queue full) is
 told so and reads what it missed from the stream itself.

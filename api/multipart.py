@@ -1,7 +1,7 @@
 """Reading the `POST /jobs` form with every limit enforced while the bytes stream in.
 
 Starlette spools each uploaded file whole (to memory, then a temporary file) before a handler
-runs, with no cap of its own (pitfalls.md). This parser counts each file's bytes as they arrive
+runs, with no cap of its own. This parser counts each file's bytes as they arrive
 and stops at the first byte over NST_MAX_UPLOAD_BYTES, so nothing larger reaches the disk.
 """
 

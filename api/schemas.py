@@ -1,8 +1,4 @@
-"""The shapes clients see (spec/api.md), as models for the OpenAPI document.
-
-The read path builds these shapes as plain dicts (`jobs.view`) for speed; the tests validate its
-answers against these models, so the document and the answers cannot drift apart.
-"""
+"""The API's own answers for the OpenAPI document; a job's shapes are in jobs/view.py."""
 
 from __future__ import annotations
 

@@ -28,7 +28,7 @@ def make_celery_app(settings: Settings) -> Celery:
         accept_content=["json"],
         result_serializer="json",
         result_expires=settings.job_ttl_seconds,
-        # Long GPU jobs (pitfalls.md): acknowledge after the job, hand a job back when its worker
+        # Long GPU jobs: acknowledge after the job, hand a job back when its worker
         # dies, take one job at a time, and keep Redis from redelivering a job that still runs.
         task_acks_late=True,
         task_reject_on_worker_lost=True,

@@ -1,6 +1,6 @@
 """Is a webhook URL safe to call? http(s), a host, and only public addresses once resolved.
 
-A webhook URL is an SSRF door (pitfalls.md): a client could make the service POST to Redis,
+A webhook URL is an SSRF door: a client could make the service POST to Redis,
 a cloud metadata endpoint or anything else on the private network. Both the API (at submit)
 and the webhook worker (at each delivery) resolve the host and check every address it gives;
 the worker then connects to an address it checked, so a second resolution that answers

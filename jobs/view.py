@@ -139,7 +139,7 @@ def progress_view(iteration: int, total: int, scale: dict[str, int] | None = Non
 
 
 def job_view(record: dict[str, Any], queue_rank: int | None) -> dict[str, Any]:
-    """The job (spec/api.md) from its decoded hash and its rank in the queue (0 = next)."""
+    """The job (docs/api.md) from its decoded hash and its rank in the queue (0 = next)."""
     job_id = record["id"]
     status = record["status"]
     total = int(record["params"]["iterations"])

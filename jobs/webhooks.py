@@ -37,7 +37,7 @@ WEBHOOK_EVENTS: tuple[str, ...] = get_args(WebhookEvent)
 DEFAULT_EVENTS: tuple[str, ...] = ("completed",)
 MAX_RETRIES = 10
 # A retry is a message with an ETA that the webhook worker holds unacknowledged until then; one
-# held past the broker's visibility timeout would be delivered a second time (pitfalls.md). The
+# held past the broker's visibility timeout would be delivered a second time. The
 # smallest visibility timeout the settings allow is 3610 s (job timeout 10 s + 3600).
 MAX_DELAY_SECONDS = 2400.0
 JITTER = 0.1  # +-10%: receivers that failed together are not all retried in the same second
