@@ -1,7 +1,7 @@
 """VGG-19 layer names, as the paper and the seed use them, mapped onto torchvision's indices.
 
 The PyTorch tutorial counts convolutions ("conv_4") and so names the wrong layers; here the map
-is written out from the architecture (pitfalls.md), and a test pins the known indices.
+is written out from the architecture, and a test pins the known indices.
 """
 
 from __future__ import annotations

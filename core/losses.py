@@ -1,6 +1,6 @@
-"""The seed's losses, written as its code computes them (spec/algorithm.md), plus total variation.
+"""The seed's losses, written as its code computes them, plus total variation.
 
-Grams and losses are always computed in fp32: fp16 Grams overflow (pitfalls.md), and a bf16
+Grams and losses are always computed in fp32: fp16 Grams overflow, and a bf16
 forward pass must not round the quantities the optimiser compares.
 """
 

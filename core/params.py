@@ -1,4 +1,4 @@
-"""Every parameter of a style job, validated once; defaults are the seed's numbers (spec/algorithm.md)."""
+"""Every parameter of a style job, validated once; defaults are the seed's numbers (docs/api.md lists them)."""
 
 from __future__ import annotations
 
@@ -236,7 +236,7 @@ class StyleParams(BaseModel):
         return [w / total for w in weights]
 
     def snapshot_iterations(self) -> list[int]:
-        """Iteration 1 and every multiple of snapshot_every up to iterations (spec/api.md)."""
+        """Iteration 1 and every multiple of snapshot_every up to iterations (docs/api.md)."""
         marks = {1, *range(self.snapshot_every, self.iterations + 1, self.snapshot_every)}
         return sorted(marks)
 

@@ -52,7 +52,7 @@ class Losses:
     tv: float
 
     def public(self) -> dict[str, float]:
-        """The terms the service reports (spec/api.md)."""
+        """The terms the service reports (docs/api.md)."""
         return {"total": self.total, "content": self.content, "style": self.style}
 
     @classmethod
