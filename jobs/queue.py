@@ -13,6 +13,12 @@ TASK_NAME = "nst.stylize"
 QUEUE_NAME = "nst"
 
 
+def send_turn(app: Celery, job_id: str) -> None:
+    """Queue a turn for a queued job: the worker that gets it runs the next job in fair order
+    (jobs/fair_queue.py), this one or another. The API does it at submit, the reaper at requeue."""
+    app.send_task(TASK_NAME, args=[job_id], task_id=job_id, queue=QUEUE_NAME)
+
+
 @lru_cache(maxsize=1)
 def get_celery_app() -> Celery:
     return make_celery_app(get_settings())

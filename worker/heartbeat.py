@@ -6,7 +6,7 @@ from __future__ import annotations
 import logging
 import threading
 
-from jobs.queue import QUEUE_NAME, TASK_NAME, get_celery_app
+from jobs.queue import get_celery_app, send_turn
 from jobs.webhooks import announce
 from worker.context import WorkerContext
 
@@ -25,7 +25,7 @@ def beat_once(context: WorkerContext) -> None:
     for job_id, outcome in store.reap(settings.max_attempts):
         if outcome == "requeued":
             log.warning("job %s: its worker stopped answering; queued again", job_id)
-            get_celery_app().send_task(TASK_NAME, args=[job_id], task_id=job_id, queue=QUEUE_NAME)
+            send_turn(get_celery_app(), job_id)
         else:
             log.warning("job %s: its worker stopped %d times; failed", job_id, settings.max_attempts)
             store.refresh_expiry(job_id)  # kept NST_JOB_TTL_SECONDS from its end, as every ended job

@@ -25,7 +25,7 @@ from api.problems import Problem, not_found, validation_problem
 from api.schemas import JobList
 from api.uploads import check_image, parse_params, read_upload
 from api.webhook_form import WebhookRequest, check_webhook, read_webhook_fields
-from jobs.queue import QUEUE_NAME, TASK_NAME
+from jobs.queue import send_turn
 from jobs.reader import JobReader
 from jobs.record import JobRecord, is_job_id, new_job_id, utc_now
 from jobs.settings import Settings
@@ -143,21 +143,10 @@ def accept_job(
     limits = limits or tenant_limits(store, settings)
     job_params = parse_params(params, len(styles), settings)
     webhook = check_webhook(hook or WebhookRequest(), settings)
-    content_bytes = read_upload(content, "content")
-    width, height = check_image(content_bytes, "content", settings, budget)
-    style_bytes = []
-    for index, upload in enumerate(styles):
-        field = "style" if len(styles) == 1 else f"style[{index}]"
-        data = read_upload(upload, field)
-        check_image(data, field, settings, budget)
-        style_bytes.append(data)
+    content_bytes, (width, height), style_bytes = read_images(content, styles, settings, budget)
     admit(store.worker_registry(settings.worker_heartbeat_seconds).live().values(), job_params, (height, width))
     if store.queued_count() >= settings.max_queued_jobs:
-        raise Problem(
-            "queue-full",
-            "the queue is full; try again later",
-            headers={"Retry-After": "30"},
-        )
+        raise Problem("queue-full", "the queue is full; try again later", headers={"Retry-After": "30"})
     record = JobRecord(
         id=new_job_id(),
         created_at=utc_now(),
@@ -176,17 +165,28 @@ def accept_job(
         limits.release(tenant, record.id)
         raise
     try:
-        celery.send_task(TASK_NAME, args=[record.id], task_id=record.id, queue=QUEUE_NAME)
+        send_turn(celery, record.id)
     except OperationalError as exc:
         store.forget(record.id, record.style_count, owner)
         limits.release(tenant, record.id)
         log.error("could not queue job %s: %s", record.id, exc)
-        raise Problem(
-            "unavailable",
-            "the job queue is not answering; try again",
-            headers={"Retry-After": "5"},
-        ) from exc
+        raise Problem("unavailable", "the job queue is not answering; try again", headers={"Retry-After": "5"}) from exc
     return record
+
+
+def read_images(
+    content: UploadFile, styles: list[UploadFile], settings: Settings, budget: PixelBudget
+) -> tuple[bytes, tuple[int, int], list[bytes]]:
+    """The uploads' bytes, each checked to be an image within the limits; and the content's size."""
+    content_bytes = read_upload(content, "content")
+    size = check_image(content_bytes, "content", settings, budget)
+    style_bytes = []
+    for index, upload in enumerate(styles):
+        field = "style" if len(styles) == 1 else f"style[{index}]"
+        data = read_upload(upload, field)
+        check_image(data, field, settings, budget)
+        style_bytes.append(data)
+    return content_bytes, size, style_bytes
 
 
 def tenant_limits(store: JobStore, settings: Settings) -> TenantLimits:
