@@ -19,6 +19,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
@@ -130,10 +131,36 @@ def model_table(sizes: list[int], device: str) -> None:
             )
 
 
-def big_job(side: int, budget: int, stage_iterations: int) -> None:
-    """A side x side job within `budget`: coarse-to-fine against one scale, peak per stage."""
+def proc_status_bytes(field: str) -> int:
+    """A memory figure of this process from /proc/self/status (VmRSS, VmHWM), in bytes."""
     import re
 
+    found = re.search(rf"{field}:\s+(\d+)", Path("/proc/self/status").read_text())
+    assert found is not None, field
+    return int(found.group(1)) * 1024
+
+
+def mean_interval(stamps: list[float]) -> float:
+    """Seconds between consecutive time stamps, on average (nan for fewer than two)."""
+    return (stamps[-1] - stamps[0]) / (len(stamps) - 1) if len(stamps) > 1 else float("nan")
+
+
+def timed_stylize(
+    content: Any, style: Any, params: StyleParams, source: Any, checkpointing: bool, on_progress: Any
+) -> tuple[Any, float]:
+    """One run from a reset high-water mark (clear_refs 5), reported at every iteration; (result, seconds)."""
+    from core.transfer import stylize
+
+    Path("/proc/self/clear_refs").write_text("5")
+    start = time.perf_counter()
+    result = stylize(
+        content, [style], params, weights=source, checkpointing=checkpointing, on_progress=on_progress, report_every=1
+    )
+    return result, time.perf_counter() - start
+
+
+def big_job(side: int, budget: int, stage_iterations: int) -> None:
+    """A side x side job within `budget`: coarse-to-fine against one scale, peak per stage."""
     import torch
     from PIL import Image
 
@@ -142,10 +169,10 @@ def big_job(side: int, budget: int, stage_iterations: int) -> None:
     from core.weights import WeightsSource
 
     def hwm() -> int:
-        return int(re.search(r"VmHWM:\s+(\d+)", Path("/proc/self/status").read_text()).group(1)) * 1024
+        return proc_status_bytes("VmHWM")
 
     def rss() -> int:
-        return int(re.search(r"VmRSS:\s+(\d+)", Path("/proc/self/status").read_text()).group(1)) * 1024
+        return proc_status_bytes("VmRSS")
 
     source = WeightsSource.parse("random")
     generator = torch.Generator().manual_seed(0)
@@ -171,16 +198,9 @@ def big_job(side: int, budget: int, stage_iterations: int) -> None:
         reports.setdefault(progress.stage, []).append(time.perf_counter())
 
     def per_iteration(stage: int) -> float:
-        stamps = reports.get(stage, [])
-        return (stamps[-1] - stamps[0]) / (len(stamps) - 1) if len(stamps) > 1 else float("nan")
+        return mean_interval(reports.get(stage, []))
 
-    Path("/proc/self/clear_refs").write_text("5")
-    start = time.perf_counter()
-    result = stylize(
-        content, [style], coarse, weights=source, checkpointing=decision.checkpointing,
-        on_progress=on_progress, report_every=1,
-    )  # fmt: skip
-    coarse_time = time.perf_counter() - start
+    result, coarse_time = timed_stylize(content, style, coarse, source, decision.checkpointing, on_progress)
     print(f"\n## coarse-to-fine {schedule}: {coarse_time:.1f} s, {result.iterations_run} iterations")
     print(f"{'stage':>5} {'size':>11} {'peak (rise of RSS)':>19} {'estimate':>10} {'s/iteration':>12}")
     for index, stage in enumerate(plan_stages(coarse, (side, side)), start=1):
@@ -190,13 +210,7 @@ def big_job(side: int, budget: int, stage_iterations: int) -> None:
     state.update(base=rss())
     peaks.clear()
     reports.clear()
-    Path("/proc/self/clear_refs").write_text("5")
-    start = time.perf_counter()
-    stylize(
-        content, [style], single, weights=source, checkpointing=decision.checkpointing,
-        on_progress=on_progress, report_every=1,
-    )  # fmt: skip
-    single_time = time.perf_counter() - start
+    _, single_time = timed_stylize(content, style, single, source, decision.checkpointing, on_progress)
     print(f"\n## one scale, {single.iterations} iterations at {side}x{side}: {single_time:.1f} s, "
           f"peak {describe_bytes(peaks.get(1, 0))}, {per_iteration(1):.1f} s/iteration")  # fmt: skip
     largest = describe_bytes(max(peaks.values(), default=0))

@@ -235,7 +235,7 @@ def run_options(
     print(json.dumps({"options_ms": {name: round(ms, 3) for name, (ms, _, _) in rows.items()}}))
 
 
-def main() -> None:
+def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--device", default=None)
     parser.add_argument("--height", type=int, default=384)
@@ -246,7 +246,11 @@ def main() -> None:
     parser.add_argument("--options", action="store_true", help="then time each quality option (L-BFGS, W2, ...)")
     parser.add_argument("--rounds", type=int, default=3, help="with --options: rounds over all options (median)")
     parser.add_argument("--options-only", action="store_true", help="time only the options, not the seed's loop")
-    args = parser.parse_args()
+    return parser.parse_args()
+
+
+def main() -> None:
+    args = parse_args()
     if args.precision:
         os.environ["NST_PRECISION"] = args.precision
     if args.compile:
@@ -285,9 +289,18 @@ def main() -> None:
         rows.append(timing)
         fast_gap = abs(rows[1].final_loss - rows[2].final_loss) / rows[2].final_loss
 
+    print_table(rows, device, size, params.iterations, fast_gap)
+    if args.options:
+        run_options(content_img, style_img, params, device, args.rounds)
+
+
+def print_table(
+    rows: list[Timing], device: torch.device, size: tuple[int, int], iterations: int, fast_gap: float | None
+) -> None:
+    """The timings side by side (the seed's loop first), then the same as one JSON line."""
     gflop = conv_gflop(*size)
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else f"cpu ({torch.get_num_threads()} threads)"
-    print(f"{name}, torch {torch.__version__}, {size[0]}x{size[1]}, {params.iterations} iterations")
+    print(f"{name}, torch {torch.__version__}, {size[0]}x{size[1]}, {iterations} iterations")
     print(f"{'way':36} {'ms/iter':>9} {'TFLOP/s':>8} {'peak MiB':>9} {'final loss':>12} {'speedup':>8}")
     for row in rows:
         print(
@@ -313,8 +326,6 @@ def main() -> None:
             }
         )
     )
-    if args.options:
-        run_options(content_img, style_img, params, device, args.rounds)
 
 
 if __name__ == "__main__":
