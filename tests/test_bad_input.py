@@ -16,7 +16,7 @@ import pytest
 from PIL import Image
 
 from tests.conftest import SAMPLES, gradient_image
-from tests.services import FINAL, Service, poll, serve
+from tests.services import FINAL, Service, StartService, poll
 
 MAX_UPLOAD = 300_000
 COFFEE = (SAMPLES / "coffee.png").read_bytes()  # 466 KB: over this service's per-file limit
@@ -48,7 +48,7 @@ PAINTING = encode(gradient_image(30, 30, seed=4), "JPEG")
 
 
 @pytest.fixture(scope="module")
-def service(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Service]:
+def service(start_service: StartService) -> Service:
     env = {
         "NST_MAX_UPLOAD_BYTES": str(MAX_UPLOAD),
         "NST_MAX_INPUT_PIXELS": "4000000",
@@ -57,8 +57,7 @@ def service(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Service]:
         "NST_MAX_SIDE": "1024",
         "NST_MAX_ITERATIONS": "5000",
     }
-    with serve(tmp_path_factory.mktemp("bad-input"), env, workers=1) as running:
-        yield running
+    return start_service(env, workers=1)
 
 
 @pytest.fixture(scope="module")

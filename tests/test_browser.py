@@ -1,6 +1,6 @@
 """The web page at `/` in a real headless Chromium (Selenium), against the real stack: redis-server,
-a Celery worker and uvicorn. Skipped, saying what is missing, where Chromium, chromedriver or
-Selenium is not installed."""
+a Celery worker and uvicorn (the shared stack). Skipped, saying what is missing, where Chromium,
+chromedriver or Selenium is not installed."""
 
 from __future__ import annotations
 
@@ -14,7 +14,9 @@ import pytest
 
 from tests.browser import CHROMEDRIVER, CHROMIUM
 from tests.conftest import SAMPLES
-from tests.services import Service, is_final, poll, serve, submit
+from tests.services import HANG, Service, is_final, poll, submit
+
+pytestmark = pytest.mark.browser
 
 _missing = [str(p) for p in (CHROMIUM, CHROMEDRIVER) if not p.exists()]
 if _missing:
@@ -33,13 +35,7 @@ COFFEE = SAMPLES / "coffee.png"
 STARRY = SAMPLES / "starry_night.jpg"
 SCREAM = SAMPLES / "the_scream.jpg"
 LONG = {"iterations": 20000, "height": 32, "width": 32}  # runs until canceled
-WAIT = 240  # seconds; CI has two slow cores and jobs run on the CPU
-
-
-@pytest.fixture(scope="module")
-def service(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Service]:
-    with serve(tmp_path_factory.mktemp("browser"), workers=1) as running:
-        yield running
+WAIT = HANG  # seconds, the ceiling of every wait for the page: only a hang reaches it
 
 
 @pytest.fixture(scope="module")
@@ -108,7 +104,7 @@ def image_loaded(driver: WebDriver, testid: str) -> bool:
 def open_form(driver: WebDriver, service: Service) -> None:
     """The form page, once it has been built from GET /parameters."""
     driver.get(f"{service.url}/")
-    wait(driver, lambda d: d.find_elements(By.CSS_SELECTOR, "[data-testid='param-iterations']"), 60, "no form")
+    wait(driver, lambda d: d.find_elements(By.CSS_SELECTOR, "[data-testid='param-iterations']"), what="no form")
 
 
 def set_param(driver: WebDriver, name: str, value: str) -> None:
@@ -162,16 +158,16 @@ def test_a_job_submitted_through_the_page_runs_live_to_its_result(
     """)
     by_testid(driver, "submit").click()
 
-    job_id = wait(driver, job_id_in_url, 60, "the page did not go to the job's URL")
+    job_id = wait(driver, job_id_in_url, what="the page did not go to the job's URL")
     wait(driver, lambda d: text_of(d, "status") == "succeeded", what="the job did not succeed")
-    wait(driver, lambda d: image_loaded(d, "result"), 60, "the result image did not load")
+    wait(driver, lambda d: image_loaded(d, "result"), what="the result image did not load")
     seen = driver.execute_script("return window.seen")
     assert len(set(seen["snapshots"])) >= 2, seen
     assert all(f"/jobs/{job_id}/snapshots/" in url for url in seen["snapshots"])
     assert len(set(seen["progress"])) >= 2 and seen["progress"] == sorted(seen["progress"]), seen
     assert len(driver.find_elements(By.CSS_SELECTOR, "[data-testid='snapshot']")) == 1  # replaced, not added
     assert by_testid(driver, "progress").get_attribute("value") == "300"
-    assert wait(driver, lambda d: chart_points(d) > 1, 30, "the loss chart stayed empty")
+    assert wait(driver, lambda d: chart_points(d) > 1, what="the loss chart stayed empty")
     assert by_testid(driver, "cancel").get_attribute("disabled") is not None
     assert text_of(driver, "error") == ""
     download = driver.find_element(By.CSS_SELECTOR, "a[download]")
@@ -200,19 +196,19 @@ def test_a_finished_job_opened_directly_or_reloaded_shows_its_result_and_whole_h
     driver.get("about:blank")  # a new document, not a hash change of the current one
     driver.get(f"{service.url}/#/jobs/{job['id']}")
     for _ in range(2):
-        wait(driver, lambda d: text_of(d, "status") == "succeeded", 60, "the finished job was not shown")
-        wait(driver, lambda d: image_loaded(d, "result"), 60, "the result image did not load")
-        wait(driver, lambda d: chart_points(d) == history, 30, "the chart lacks part of the history")
+        wait(driver, lambda d: text_of(d, "status") == "succeeded", what="the finished job was not shown")
+        wait(driver, lambda d: image_loaded(d, "result"), what="the result image did not load")
+        wait(driver, lambda d: chart_points(d) == history, what="the chart lacks part of the history")
         assert by_testid(driver, "progress").get_attribute("value") == "40"
         driver.refresh()
 
     # The form page lists it among the recent jobs, with a thumbnail, linking to its page.
     driver.get(f"{service.url}/")
-    link = wait(driver, lambda d: d.find_elements(By.CSS_SELECTOR, f"a[href='#/jobs/{job['id']}']"), 60)[0]
+    link = wait(driver, lambda d: d.find_elements(By.CSS_SELECTOR, f"a[href='#/jobs/{job['id']}']"))[0]
     assert "succeeded" in link.text
     assert link.find_elements(By.TAG_NAME, "img")
     link.click()
-    wait(driver, lambda d: job_id_in_url(d) == job["id"] and text_of(d, "status") == "succeeded", 60)
+    wait(driver, lambda d: job_id_in_url(d) == job["id"] and text_of(d, "status") == "succeeded")
 
 
 def test_a_running_job_opened_mid_way_shows_its_history_and_is_canceled_from_the_page(
@@ -223,11 +219,11 @@ def test_a_running_job_opened_mid_way_shows_its_history_and_is_canceled_from_the
         poll(client, job["id"], lambda j: j["status"] == "running" and j["progress"]["iteration"] >= 10, WAIT)
         before = len(client.get(f"/jobs/{job['id']}/losses").json()["iteration"])
         driver.get(f"{service.url}/#/jobs/{job['id']}")
-        wait(driver, lambda d: text_of(d, "status") == "running", 60, "the running job was not shown")
-        assert wait(driver, lambda d: chart_points(d) >= max(before, 2), 60, "the history was not loaded")
+        wait(driver, lambda d: text_of(d, "status") == "running", what="the running job was not shown")
+        assert wait(driver, lambda d: chart_points(d) >= max(before, 2), what="the history was not loaded")
         assert by_testid(driver, "cancel").is_enabled()
         by_testid(driver, "cancel").click()
-        wait(driver, lambda d: text_of(d, "status") == "canceled", 60, "the job was not canceled")
+        wait(driver, lambda d: text_of(d, "status") == "canceled", what="the job was not canceled")
         assert by_testid(driver, "cancel").get_attribute("disabled") is not None
         assert text_of(driver, "error") == ""
         assert not by_testid(driver, "result").is_displayed()
@@ -246,7 +242,7 @@ def test_a_page_without_event_source_follows_the_job_by_polling(
         driver.get(f"{service.url}/#/jobs/{job.json()['id']}")
         assert driver.execute_script("return typeof window.EventSource") == "undefined"
         wait(driver, lambda d: text_of(d, "status") == "succeeded", what="polling did not follow the job")
-        wait(driver, lambda d: image_loaded(d, "result"), 60, "the result image did not load")
+        wait(driver, lambda d: image_loaded(d, "result"), what="the result image did not load")
         assert chart_points(driver) > 1
     finally:
         driver.execute_cdp_cmd("Page.removeScriptToEvaluateOnNewDocument", {"identifier": script["identifier"]})
@@ -264,7 +260,7 @@ def test_bad_submissions_show_the_problem_next_to_its_cause(
     # Past the maximum: the browser would only mark it :invalid; the server's answer is what shows.
     driver.execute_script("arguments[0].value = '20001'", by_testid(driver, "param-iterations"))
     by_testid(driver, "submit").click()
-    error = wait(driver, lambda d: text_of(d, "error"), 60, "no error was shown")
+    error = wait(driver, lambda d: text_of(d, "error"), what="no error was shown")
     assert "params.iterations" in error and "20000" in error
     field_error = driver.find_element(By.CSS_SELECTOR, "[data-param='iterations'] .field-error")
     assert field_error.is_displayed() and "20000" in field_error.text
@@ -277,7 +273,7 @@ def test_bad_submissions_show_the_problem_next_to_its_cause(
     text.write_text("plain text, not an image")
     by_testid(driver, "content-input").send_keys(str(text))
     by_testid(driver, "submit").click()
-    wait(driver, lambda d: "content" in text_of(d, "error"), 60, "the 415 problem was not shown")
+    wait(driver, lambda d: "content" in text_of(d, "error"), what="the 415 problem was not shown")
     assert not driver.find_element(By.CSS_SELECTOR, "[data-param='iterations'] .field-error").is_displayed()
     content_error = driver.find_element(By.CSS_SELECTOR, ".content-picker > .field-error")
     assert content_error.is_displayed() and "image" in content_error.text
@@ -287,7 +283,7 @@ def test_bad_submissions_show_the_problem_next_to_its_cause(
     driver.find_element(By.CSS_SELECTOR, ".style-picker .thumb .remove").click()
     by_testid(driver, "submit").click()
     style_error = driver.find_element(By.CSS_SELECTOR, ".style-picker > .field-error")
-    wait(driver, lambda d: style_error.is_displayed(), 10, "a missing style image was not flagged")
+    wait(driver, lambda d: style_error.is_displayed(), what="a missing style image was not flagged")
     assert "style" in text_of(driver, "error")
     assert job_ids(client) == before  # nothing was queued
 
@@ -296,7 +292,7 @@ def test_an_unknown_job_says_so(driver: WebDriver, service: Service, console: Co
     unknown = "0" * 32
     console.allow_failed_request(f"{service.url}/jobs/{unknown}", 404)  # on purpose
     driver.get(f"{service.url}/#/jobs/{unknown}")
-    wait(driver, lambda d: "no such job" in text_of(d, "error"), 60, "the 404 problem was not shown")
+    wait(driver, lambda d: "no such job" in text_of(d, "error"), what="the 404 problem was not shown")
     assert text_of(driver, "status") == ""
     assert by_testid(driver, "cancel").get_attribute("disabled") is not None
 
@@ -312,9 +308,9 @@ def other_hosts(driver: WebDriver, service: Service) -> list[str]:
 
 def test_the_api_docs_render_offline(driver: WebDriver, service: Service, console: Console) -> None:
     driver.get(f"{service.url}/docs")
-    title = wait(driver, lambda d: d.find_elements(By.CSS_SELECTOR, ".swagger-ui .info .title"), 60, "no Swagger UI")
+    title = wait(driver, lambda d: d.find_elements(By.CSS_SELECTOR, ".swagger-ui .info .title"), what="no Swagger UI")
     assert "neural-style-service" in title[0].text
-    wait(driver, lambda d: d.find_elements(By.ID, "operations-jobs-submit_job"), 30, "no operations listed")
+    wait(driver, lambda d: d.find_elements(By.ID, "operations-jobs-submit_job"), what="no operations listed")
     assert other_hosts(driver, service) == []
     assert console.severe() == []
 
@@ -323,7 +319,7 @@ def test_the_api_docs_render_offline(driver: WebDriver, service: Service, consol
     console.allow(r"^https://cdn\.redoc\.ly/\S+ - Failed to load resource: net::")
     console.allow(r"/redoc - Loading the image 'https://cdn\.redoc\.ly/\S+' violates the following Content Security")
     driver.get(f"{service.url}/redoc")
-    heading = wait(driver, lambda d: d.find_elements(By.CSS_SELECTOR, ".api-info h1"), 60, "no ReDoc")
+    heading = wait(driver, lambda d: d.find_elements(By.CSS_SELECTOR, ".api-info h1"), what="no ReDoc")
     assert "neural-style-service" in heading[0].text
-    wait(driver, lambda d: "submit_job" in d.page_source or "Queue a style transfer job" in d.page_source, 30)
+    wait(driver, lambda d: "submit_job" in d.page_source or "Queue a style transfer job" in d.page_source)
     assert [url for url in other_hosts(driver, service) if not url.startswith("https://cdn.redoc.ly/")] == []

@@ -14,8 +14,10 @@ from PIL import Image
 from core.cli import main
 from core.output import read_metadata
 from tests.conftest import SAMPLES
+from tests.services import HANG
 
 
+@pytest.mark.slow  # a process that loads torch and the network
 def test_stylize_command_writes_result_and_snapshots(tmp_path: Path) -> None:
     out = tmp_path / "out.png"
     snaps = tmp_path / "snaps"
@@ -25,7 +27,7 @@ def test_stylize_command_writes_result_and_snapshots(tmp_path: Path) -> None:
         "--snapshots", str(snaps), "--style-layers", "conv1_1,conv2_1", "--style-layer-weights", "1", "2",
     ]  # fmt: skip
     done = subprocess.run(
-        command, capture_output=True, text=True, timeout=300, env=os.environ | {"NST_VGG_WEIGHTS": "random"}
+        command, capture_output=True, text=True, timeout=HANG, env=os.environ | {"NST_VGG_WEIGHTS": "random"}
     )
     assert done.returncode == 0, done.stderr
     assert "Traceback" not in done.stderr

@@ -11,7 +11,6 @@ import shutil
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
@@ -20,7 +19,8 @@ import pytest
 from jobs.settings import Settings
 from jobs.store import JobStore
 from tests.conftest import ROOT
-from worker.local import free_port, start_redis, stop_processes, wait_for_http
+from tests.services import HANG, RedisServer
+from worker.local import free_port, stop_processes, wait_for_http
 
 
 def dockerfile_commands(name: str) -> tuple[list[str], list[str]]:
@@ -38,7 +38,7 @@ def dockerfile_commands(name: str) -> tuple[list[str], list[str]]:
 
 
 def make_venv(path: Path, share_site_packages: bool) -> Path:
-    subprocess.run([sys.executable, "-m", "venv", str(path)], check=True, timeout=120)
+    subprocess.run([sys.executable, "-m", "venv", str(path)], check=True, timeout=HANG)
     if share_site_packages:
         # torch is 5 GB: the worker's venv sees this one's packages instead of installing it again.
         site = next(path.glob("lib/python*/site-packages"))
@@ -52,24 +52,33 @@ def run_in(bin_dir: Path, command: str, env: dict[str, str], cwd: Path) -> subpr
     return subprocess.run(argv, cwd=cwd, env=env, capture_output=True, text=True, timeout=900)
 
 
+def copied_by_dockerfiles() -> set[str]:
+    """The sources of every COPY line of the two Dockerfiles."""
+    sources = set()
+    for name in ("Dockerfile.api", "Dockerfile.worker"):
+        for line in (ROOT / name).read_text().splitlines():
+            if line.startswith("COPY "):
+                sources.update(shlex.split(line)[1:-1])
+    return sources
+
+
 @pytest.fixture
 def project_copy(tmp_path: Path) -> Path:
     """What the Dockerfiles COPY, and nothing else, so that a missing file shows."""
     target = tmp_path / "app"
     target.mkdir()
-    for name in ("pyproject.toml", "README.md"):
-        shutil.copy(ROOT / name, target / name)
-    for package in ("core", "worker", "api"):
-        shutil.copytree(ROOT / package, target / package, ignore=shutil.ignore_patterns("__pycache__"))
+    for name in sorted(copied_by_dockerfiles()):
+        if (ROOT / name).is_dir():
+            shutil.copytree(ROOT / name, target / name, ignore=shutil.ignore_patterns("__pycache__"))
+        else:
+            shutil.copy(ROOT / name, target / name)
     return target
 
 
 @pytest.fixture
-def redis_url(tmp_path: Path) -> Iterator[str]:
-    port = free_port()
-    process = start_redis(port, tmp_path / "redis")
-    yield f"redis://127.0.0.1:{port}/0"
-    stop_processes([process])
+def redis_url(redis_server: RedisServer) -> str:
+    """A database of the test's own: the processes it starts use it."""
+    return redis_server.url(redis_server.new_database())
 
 
 def test_compose_file_is_valid_and_reserves_a_gpu_per_worker() -> None:
@@ -89,6 +98,8 @@ def test_compose_file_is_valid_and_reserves_a_gpu_per_worker() -> None:
     assert "host_ip: 127.0.0.1" in config or "127.0.0.1:8000:8000" in config  # published on loopback only
 
 
+@pytest.mark.service  # `nst api` and `nst webhooks`, installed as the image does
+@pytest.mark.slow  # a pip install into a fresh virtual environment
 def test_api_image_commands_work_in_a_fresh_venv_without_torch(
     tmp_path: Path, project_copy: Path, redis_url: str
 ) -> None:
@@ -107,7 +118,7 @@ def test_api_image_commands_work_in_a_fresh_venv_without_torch(
     argv[argv.index("--host") + 1] = "127.0.0.1"
     api = subprocess.Popen(argv, cwd=tmp_path, env=env | {"NST_REDIS_URL": redis_url}, stderr=subprocess.PIPE)
     try:
-        wait_for_http(f"http://127.0.0.1:{port}/healthz", api, timeout=60)
+        wait_for_http(f"http://127.0.0.1:{port}/healthz", api, timeout=HANG)
         answer = httpx.get(f"http://127.0.0.1:{port}/readyz")
         assert answer.status_code == 503 and answer.json()["type"] == "/problems/no-workers"
         # The page and the docs' files are package data: an installed copy serves them too.
@@ -123,7 +134,7 @@ def test_api_image_commands_work_in_a_fresh_venv_without_torch(
             stdout=log_file, stderr=subprocess.STDOUT,
         )  # fmt: skip
     try:
-        deadline = time.monotonic() + 60
+        deadline = time.monotonic() + HANG
         while " ready." not in log_path.read_text() and time.monotonic() < deadline:
             assert webhooks.poll() is None, log_path.read_text()
             time.sleep(0.3)
@@ -132,6 +143,8 @@ def test_api_image_commands_work_in_a_fresh_venv_without_torch(
         stop_processes([webhooks])
 
 
+@pytest.mark.service  # `nst worker`, installed as the image does
+@pytest.mark.slow  # a pip install into a fresh virtual environment
 def test_worker_image_commands_work_in_a_fresh_venv(tmp_path: Path, project_copy: Path, redis_url: str) -> None:
     runs, cmd = dockerfile_commands("Dockerfile.worker")
     assert runs == ['pip install ".[worker]"', "nst fetch-weights"] and cmd == ["nst", "worker"]
@@ -145,7 +158,7 @@ def test_worker_image_commands_work_in_a_fresh_venv(tmp_path: Path, project_copy
     worker = subprocess.Popen([str(bin_dir / cmd[0]), *cmd[1:]], cwd=tmp_path, env=env, stderr=subprocess.DEVNULL)
     try:
         store = JobStore.from_url(redis_url, Settings().job_ttl_seconds)
-        deadline = time.monotonic() + 120
+        deadline = time.monotonic() + HANG
         while not store.worker_registry(10).live() and time.monotonic() < deadline:
             assert worker.poll() is None, "the worker exited"
             time.sleep(0.5)

@@ -20,14 +20,13 @@ import os
 import re
 import shutil
 import subprocess
-from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 
 from tests.conftest import ROOT
-from tests.services import Service, serve
+from tests.services import Service, StartService
 
 DOCUMENTS = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
 BLOCK = re.compile(
@@ -110,13 +109,10 @@ def workdir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture(scope="module")
-def stacks(tmp_path_factory: pytest.TempPathFactory, workdir: Path) -> Iterator[dict[str, Service]]:
+def stacks(service: Service, start_service: StartService, workdir: Path) -> dict[str, Service]:
+    """The shared stack, and one with API keys (no worker) of this module's own."""
     keys_file = workdir / "home" / "nst" / "api-keys.jsonl"  # as the documents' $HOME/nst/api-keys.jsonl
-    with (
-        serve(tmp_path_factory.mktemp("docs-open"), workers=1) as open_stack,
-        serve(tmp_path_factory.mktemp("docs-keyed"), {"NST_API_KEYS_FILE": str(keys_file)}, workers=0) as keyed,
-    ):
-        yield {"open": open_stack, "keys": keyed}
+    return {"open": service, "keys": start_service({"NST_API_KEYS_FILE": str(keys_file)}, workers=0)}
 
 
 def block_env(workdir: Path) -> dict[str, str]:

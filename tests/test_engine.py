@@ -48,6 +48,7 @@ def test_gram_is_the_same_for_both_memory_layouts() -> None:
     assert torch.allclose(gram(f.contiguous(memory_format=torch.channels_last)), gram(f), atol=1e-5)
 
 
+@pytest.mark.slow  # bf16 on the CPU
 def test_bf16_autocast_keeps_the_final_loss_within_3_percent(
     monkeypatch: pytest.MonkeyPatch, content_image: Image.Image, style_image: Image.Image
 ) -> None:
@@ -95,6 +96,7 @@ def test_a_failing_compilation_falls_back_to_eager_with_a_warning(
     assert eager.losses == fallback.losses
 
 
+@pytest.mark.slow  # torch.compile
 def test_compiled_loss_matches_eager_and_is_compiled_once_for_later_jobs(
     monkeypatch: pytest.MonkeyPatch, content_image: Image.Image, style_image: Image.Image
 ) -> None:

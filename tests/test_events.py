@@ -1,34 +1,25 @@
 """Live job events (Server-Sent Events), the loss history and conditional polling, through a real
-redis-server, Celery worker and uvicorn."""
+redis-server, Celery worker and uvicorn (the shared stack: keep-alives every 0.5 s)."""
 
 from __future__ import annotations
 
 import json
 import threading
 import time
-from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
 import httpx
-import pytest
 
 from jobs.keys import events_key
 from jobs.store import JobStore
 from tests.conftest import SAMPLES
-from tests.services import Service, is_final, poll, serve, submit
+from tests.services import HANG, Service, is_final, poll, submit
 
 COFFEE = SAMPLES / "coffee.png"
 STARRY = SAMPLES / "starry_night.jpg"
 TINY = {"height": 32, "width": 32}
 LONG = {"iterations": 20000, **TINY}  # runs until canceled
-
-
-@pytest.fixture(scope="module")
-def service(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Service]:
-    env = {"NST_SSE_HEARTBEAT_SECONDS": "0.5"}
-    with serve(tmp_path_factory.mktemp("events"), env, workers=1) as running:
-        yield running
 
 
 @dataclass
@@ -44,21 +35,26 @@ def read_events(
     until: str | None = "end",
     limit: int = 10_000,
     connected: threading.Semaphore | None = None,
+    kept_alive: threading.Semaphore | None = None,
 ) -> tuple[int, list[Event], list[str]]:
     """(status, the events, the comment lines) of one connection, read until an event of kind
     `until` (included) or until the server closes the stream; `connected` is released once the
-    first event has arrived (the client is subscribed by then)."""
+    first event has arrived (the client is subscribed by then), `kept_alive` at the first comment."""
     events: list[Event] = []
     comments: list[str] = []
     fields: dict[str, str] = {}
-    with httpx.stream("GET", url, headers=headers, timeout=120) as answer:
+    deadline = time.monotonic() + HANG  # keep-alives come every 0.5 s: the loop sees the time pass
+    with httpx.stream("GET", url, headers=headers, timeout=HANG) as answer:
         if answer.status_code != 200:
             return answer.status_code, events, comments
         assert answer.headers["content-type"].startswith("text/event-stream")
         assert answer.headers["cache-control"] == "no-cache"
         for line in answer.iter_lines():
+            assert time.monotonic() < deadline, f"{url}: still open after {HANG} s"
             if line.startswith(":"):
                 comments.append(line)
+                if kept_alive is not None and len(comments) == 1:
+                    kept_alive.release()
             elif line:
                 name, _, value = line.partition(": ")
                 fields[name] = value
@@ -122,10 +118,10 @@ def test_a_reconnect_with_last_event_id_resumes_without_loss_or_repeats(client: 
 def test_a_finished_job_s_stream_gives_its_final_state_at_once(client: httpx.Client, service: Service) -> None:
     job = submit(client, COFFEE, [STARRY], {"iterations": 2, **TINY}).json()
     poll(client, job["id"], is_final)
-    started = time.monotonic()
-    status, events, _ = read_events(f"{service.url}/jobs/{job['id']}/events")
-    assert status == 200 and [e.kind for e in events] == ["end"]
-    assert events[0].data["status"] == "succeeded" and time.monotonic() - started < 10
+    # Read until the server closes the stream: it sends the final state and ends, waiting for nothing.
+    status, events, comments = read_events(f"{service.url}/jobs/{job['id']}/events", until=None)
+    assert status == 200 and [e.kind for e in events] == ["end"] and comments == []
+    assert events[0].data["status"] == "succeeded"
 
 
 def test_a_client_too_far_behind_gets_the_whole_job_again(client: httpx.Client, service: Service) -> None:
@@ -139,7 +135,7 @@ def test_a_client_too_far_behind_gets_the_whole_job_again(client: httpx.Client, 
 
 def test_cancel_is_announced_as_pending_then_as_the_end(client: httpx.Client, service: Service) -> None:
     job = submit(client, COFFEE, [STARRY], LONG).json()
-    poll(client, job["id"], lambda j: j["status"] == "running", timeout=60)
+    poll(client, job["id"], lambda j: j["status"] == "running")
     seen: list[Event] = []
     connected = threading.Semaphore(0)
 
@@ -148,12 +144,13 @@ def test_cancel_is_announced_as_pending_then_as_the_end(client: httpx.Client, se
 
     watcher = threading.Thread(target=watch)
     watcher.start()
-    assert connected.acquire(timeout=60)
+    assert connected.acquire(timeout=HANG)
     answer = client.post(f"/jobs/{job['id']}/cancel")
     assert answer.status_code == 202
     body = answer.json()
     assert body["cancel_requested"] is True or body["status"] == "canceled", body
-    watcher.join(timeout=60)
+    watcher.join(timeout=HANG)
+    assert not watcher.is_alive(), "the stream did not end"
     statuses = [e.data for e in seen if e.kind == "status"]
     assert {"status": "running", "cancel_requested": True} in statuses
     assert seen[-1].kind == "end" and seen[-1].data["status"] == "canceled"
@@ -164,24 +161,23 @@ def test_idle_streams_get_keep_alive_comments_and_many_clients_get_the_same_even
     client: httpx.Client, service: Service
 ) -> None:
     busy = submit(client, COFFEE, [STARRY], LONG).json()
-    poll(client, busy["id"], lambda j: j["status"] == "running", timeout=60)
+    poll(client, busy["id"], lambda j: j["status"] == "running")
     waiting = submit(client, COFFEE, [STARRY], {"iterations": 60, **TINY}).json()
     assert waiting["status"] == "queued"
     results: list[tuple[int, list[Event], list[str]]] = []
-    connected = threading.Semaphore(0)
+    kept_alive = threading.Semaphore(0)
 
     def watch() -> None:
-        results.append(read_events(f"{service.url}/jobs/{waiting['id']}/events", connected=connected))
+        results.append(read_events(f"{service.url}/jobs/{waiting['id']}/events", kept_alive=kept_alive))
 
     watchers = [threading.Thread(target=watch) for _ in range(20)]
     for watcher in watchers:
         watcher.start()
-    for _ in watchers:
-        assert connected.acquire(timeout=60)
-    time.sleep(1.5)  # three heartbeats: the queued job's streams are idle meanwhile
+    for _ in watchers:  # the queued job's streams are idle until each has had a keep-alive
+        assert kept_alive.acquire(timeout=HANG)
     client.post(f"/jobs/{busy['id']}/cancel")
     for watcher in watchers:
-        watcher.join(timeout=120)
+        watcher.join(timeout=HANG)
     assert len(results) == 20
     stream = JobStore.from_url(service.redis_url, 3600).redis
     for status, events, comments in results:

@@ -6,20 +6,17 @@ The service here has Redis and the API but no worker, so that generated jobs (wh
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-
 import httpx
 import pytest
 import schemathesis
 from hypothesis import HealthCheck, given, settings
 
-from tests.services import Service, serve
+from tests.services import Service, StartService
 
 
 @pytest.fixture(scope="module")
-def service(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Service]:
-    with serve(tmp_path_factory.mktemp("fuzz"), {"NST_MAX_QUEUED_JOBS": "20"}, workers=0) as running:
-        yield running
+def service(start_service: StartService) -> Service:
+    return start_service({"NST_MAX_QUEUED_JOBS": "20"}, workers=0)
 
 
 @pytest.fixture(scope="module")

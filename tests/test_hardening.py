@@ -28,7 +28,7 @@ from api.keys_file import add_key
 from jobs.keys import content_key, style_key
 from jobs.tenancy import Limits, TenantLimits
 from tests.conftest import SAMPLES, gradient_image
-from tests.services import Service, is_final, poll, serve
+from tests.services import HANG, Service, StartService, is_final, poll, settle
 
 STARRY = SAMPLES / "starry_night.jpg"
 LONG = {"iterations": 20000, "height": 32, "width": 32}  # runs until canceled
@@ -73,15 +73,14 @@ def keys(keys_file: Path) -> dict[str, str]:
 
 
 @pytest.fixture(scope="module")
-def keyed(tmp_path_factory: pytest.TempPathFactory, keys_file: Path, keys: dict[str, str]) -> Iterator[Service]:
+def keyed(start_service: StartService, keys_file: Path, keys: dict[str, str]) -> Service:
     env = {
         "NST_API_KEYS_FILE": str(keys_file),
         "NST_MAX_SUBMISSIONS_PER_MINUTE": str(SUBMISSIONS_PER_MINUTE),
         "NST_MAX_STORED_BYTES_PER_KEY": str(STORED_BYTES),
         "NST_MAX_ACTIVE_JOBS_PER_KEY": str(ACTIVE_JOBS),
     }
-    with serve(tmp_path_factory.mktemp("hardened-keyed"), env, workers=1) as running:
-        yield running
+    return start_service(env, workers=1)
 
 
 @pytest.fixture(scope="module")
@@ -105,29 +104,18 @@ def nothing_left_running(request: pytest.FixtureRequest) -> Iterator[None]:
     """After a test on the keyed stack, every job it left queued or running is canceled, and the
     worker is free: a test that failed half-way holds back none of the next ones."""
     yield
-    if "clients" not in request.fixturenames:
-        return
-    from jobs.keys import QUEUE_KEY, RUNNING_KEY
-    from jobs.store import JobStore
-
-    service: Service = request.getfixturevalue("keyed")
-    jobs = JobStore.from_url(service.redis_url, 3600)
-    for raw in {*jobs.redis.zrange(QUEUE_KEY, 0, -1), *jobs.redis.smembers(RUNNING_KEY)}:
-        jobs.cancel(raw.decode())
-    deadline = time.monotonic() + 300
-    while jobs.redis.scard(RUNNING_KEY) and time.monotonic() < deadline:
-        time.sleep(0.1)
+    if "clients" in request.fixturenames:
+        settle(request.getfixturevalue("keyed"))
 
 
 @pytest.fixture(scope="module")
-def open_service(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Service]:
+def open_service(start_service: StartService) -> Service:
     env = {
         "NST_HEADER_TIMEOUT_SECONDS": "2",
         "NST_CORS_ORIGINS": "http://front.example",
         "NST_ALLOWED_HOSTS": "nst.example.com,*.nst.example.org",
     }
-    with serve(tmp_path_factory.mktemp("hardened-open"), env, workers=0) as running:
-        yield running
+    return start_service(env, workers=0)
 
 
 @pytest.fixture
@@ -512,7 +500,7 @@ def test_a_client_that_leaves_mid_upload_is_neither_a_500_nor_a_traceback(
     with socket.create_connection(("127.0.0.1", open_service.api_port), timeout=60) as sock:
         sock.sendall(head.encode() + b"\x89PNG" + b"x" * 100_000)
     # The API has seen the disconnect once the metrics count it (a few polls at most).
-    deadline = time.monotonic() + 120
+    deadline = time.monotonic() + HANG
     while time.monotonic() < deadline:
         metrics = open_client.get("/metrics").text
         if 'route="/jobs",status="499"' in metrics:
@@ -524,51 +512,33 @@ def test_a_client_that_leaves_mid_upload_is_neither_a_500_nor_a_traceback(
     assert "Exception in ASGI application" not in log and "Traceback" not in log
 
 
-def test_jobs_an_earlier_version_queued_join_the_fair_queue_when_a_worker_starts(tmp_path: Path) -> None:
+def test_jobs_an_earlier_version_queued_join_the_fair_queue_when_a_worker_starts(redis_db: redis.Redis) -> None:
     """An upgrade: the queue holds jobs written before tenant queues existed; a worker of this
     version must still run them, at their place."""
     from jobs.keys import OPEN_TENANT, QUEUE_KEY, TENANTS_KEY, tenant_queue_key
     from jobs.record import JobRecord, new_job_id
     from jobs.store import JobStore
-    from worker.local import free_port, start_redis, stop_processes
 
-    port = free_port()
-    server = start_redis(port, tmp_path / "redis")
-    try:
-        store = JobStore.from_url(f"redis://127.0.0.1:{port}/0", 3600)
-        older, newer = (JobRecord(id=new_job_id(), params={"iterations": 5}, style_count=1) for _ in range(2))
-        for record in (older, newer):
-            store.create(record, b"content", [b"style"])
-        store.redis.delete(tenant_queue_key(OPEN_TENANT), TENANTS_KEY)  # as an earlier version left them
-        assert store.claim_next({"status": "running"}, "token", 30) is None
-        assert store.adopt_queued() == 2 and store.adopt_queued() == 0
-        assert store.queue_position(older.id) == 1 and store.queue_position(newer.id) == 2
-        claimed = store.claim_next({"status": "running"}, "token", 30)
-        assert claimed == (older.id, 1)
-        assert store.redis.zrange(QUEUE_KEY, 0, -1) == [newer.id.encode()]
-    finally:
-        stop_processes([server])
+    store = JobStore(redis_db, 3600)
+    older, newer = (JobRecord(id=new_job_id(), params={"iterations": 5}, style_count=1) for _ in range(2))
+    for record in (older, newer):
+        store.create(record, b"content", [b"style"])
+    store.redis.delete(tenant_queue_key(OPEN_TENANT), TENANTS_KEY)  # as an earlier version left them
+    assert store.claim_next({"status": "running"}, "token", 30) is None
+    assert store.adopt_queued() == 2 and store.adopt_queued() == 0
+    assert store.queue_position(older.id) == 1 and store.queue_position(newer.id) == 2
+    claimed = store.claim_next({"status": "running"}, "token", 30)
+    assert claimed == (older.id, 1)
+    assert store.redis.zrange(QUEUE_KEY, 0, -1) == [newer.id.encode()]
 
 
 # -- what must hold when a call to Redis is made twice (its reply lost), and other edges -----------
 
 
-@pytest.fixture(scope="module")
-def bare_redis(tmp_path_factory: pytest.TempPathFactory) -> Iterator[redis.Redis]:
-    from worker.local import free_port, start_redis, stop_processes
-
-    port = free_port()
-    server = start_redis(port, tmp_path_factory.mktemp("bare-redis"))
-    try:
-        yield redis.Redis(port=port)
-    finally:
-        stop_processes([server])
-
-
 @pytest.fixture
-def empty_redis(bare_redis: redis.Redis) -> redis.Redis:
-    bare_redis.flushall()
-    return bare_redis
+def empty_redis(redis_db: redis.Redis) -> redis.Redis:
+    """The session's redis-server, database 0, empty (tests/conftest.py)."""
+    return redis_db
 
 
 def test_admitting_the_same_job_twice_takes_its_bytes_and_place_once(empty_redis: redis.Redis) -> None:
@@ -660,7 +630,8 @@ def test_a_checkpoint_this_version_cannot_read_starts_the_job_over(
     from jobs.record import JobRecord, new_job_id
     from jobs.settings import Settings
     from jobs.store import JobStore
-    from worker.runner import WorkerContext, run_job
+    from worker.context import WorkerContext
+    from worker.runner import run_job
 
     port = empty_redis.connection_pool.connection_kwargs["port"]
     settings = Settings(redis_url=f"redis://127.0.0.1:{port}/0", device="cpu")

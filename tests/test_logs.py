@@ -13,10 +13,11 @@ import time
 from pathlib import Path
 
 import httpx
+import pytest
 
 from core.logs import JobIdFilter, JsonFormatter, job_context
 from tests.conftest import SAMPLES
-from tests.services import is_final, poll, serve, submit
+from tests.services import HANG, is_final, poll, serve, submit
 
 COFFEE = SAMPLES / "coffee.png"
 STARRY = SAMPLES / "starry_night.jpg"
@@ -54,7 +55,7 @@ def test_a_json_record_is_one_line_with_the_whole_traceback_and_the_job_id() -> 
 def test_a_bad_log_format_is_refused_in_one_line() -> None:
     done = subprocess.run(
         [sys.executable, "-m", "core.cli", "--help"], env={"NST_LOG_FORMAT": "xml", "PATH": "/usr/bin:/bin"},
-        capture_output=True, text=True, timeout=60,
+        capture_output=True, text=True, timeout=HANG,
     )  # fmt: skip
     assert done.returncode == 2 and "NST_LOG_FORMAT" in done.stderr and done.stderr.count("\n") == 1
 
@@ -70,6 +71,19 @@ def parse_lines(path: Path) -> list[dict]:
     return records
 
 
+def problems_logged(path: Path) -> bool:
+    """Whether the JSON log holds a WARNING or worse yet."""
+    for line in path.read_text().splitlines():
+        try:
+            record = json.loads(line)
+        except ValueError:
+            continue  # a line still being written
+        if isinstance(record, dict) and record.get("level") in ("WARNING", "ERROR", "CRITICAL"):
+            return True
+    return False
+
+
+@pytest.mark.service  # a stack of its own, whose Redis it kills
 def test_worker_and_api_write_json_lines_with_job_ids_and_a_lost_redis_is_a_few_whole_records(
     tmp_path: Path,
 ) -> None:
@@ -82,7 +96,11 @@ def test_worker_and_api_write_json_lines_with_job_ids_and_a_lost_redis_is_a_few_
         assert service.redis is not None
         service.redis.send_signal(signal.SIGKILL)
         service.redis.wait()
-        time.sleep(6)
+        lost = time.monotonic()
+        # Six seconds of reconnect attempts and failed heartbeats, and at least one of them logged.
+        while time.monotonic() - lost < 6 or not problems_logged(tmp_path / "worker0.log"):
+            assert time.monotonic() - lost < HANG, "losing Redis was not logged"
+            time.sleep(0.2)
     # Read after the processes stopped: their shutdown lines are records too.
     worker_records = parse_lines(tmp_path / "worker0.log")
     api_records = parse_lines(tmp_path / "api.log")

@@ -38,6 +38,7 @@ def bench_memory() -> ModuleType:
 
 @pytest.mark.skipif(not Path("/proc/self/clear_refs").exists(), reason="needs Linux's /proc to reset the RSS peak")
 @pytest.mark.parametrize(("side", "checkpointing"), [(128, False), (256, False), (256, True)])
+@pytest.mark.slow  # a process of its own, and a job at 256 px
 def test_the_estimate_is_within_25_percent_of_the_measured_peak(side: int, checkpointing: bool) -> None:
     # A fresh process each: the rise of its resident set's high-water mark over one job.
     measured = bench_memory().measure((side, side), checkpointing, "cpu")

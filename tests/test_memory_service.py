@@ -5,7 +5,6 @@ from __future__ import annotations
 import io
 import signal
 import time
-from collections.abc import Iterator
 
 import httpx
 import pytest
@@ -13,7 +12,7 @@ from PIL import Image
 
 from core.output import read_metadata
 from tests.conftest import SAMPLES
-from tests.services import Service, is_final, poll, serve, submit
+from tests.services import HANG, Service, StartService, is_final, poll, submit
 
 COFFEE = SAMPLES / "coffee.png"  # 600x400
 STARRY = SAMPLES / "starry_night.jpg"
@@ -22,9 +21,8 @@ TWO_SCALES = {"scales": [{"size": 32, "iterations": 30}, {"size": 64, "iteration
 
 
 @pytest.fixture(scope="module")
-def service(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Service]:
-    with serve(tmp_path_factory.mktemp("memory"), {"NST_MEMORY_BUDGET_BYTES": str(BUDGET)}) as running:
-        yield running
+def service(start_service: StartService) -> Service:
+    return start_service({"NST_MEMORY_BUDGET_BYTES": str(BUDGET)})
 
 
 def test_workers_report_their_budget_and_a_job_none_can_hold_is_422_at_submit(
@@ -53,7 +51,7 @@ def test_a_two_scale_job_goes_coarse_to_fine_with_snapshots_at_the_content_s_siz
     job = submit(client, COFFEE, [STARRY], {**TWO_SCALES, "seed": 7}).json()
     assert job["params"]["iterations"] == 60 and job["progress"]["total"] == 60
     seen: list[dict] = []
-    done = poll(client, job["id"], is_final, timeout=120, seen=seen)
+    done = poll(client, job["id"], is_final, seen=seen)
     assert done["status"] == "succeeded", done
     assert [s["iteration"] for s in done["snapshots"]] == [1, 50]
     assert done["progress"] == {
@@ -67,7 +65,7 @@ def test_a_two_scale_job_goes_coarse_to_fine_with_snapshots_at_the_content_s_siz
     assert result.size == (600, 400) and read_metadata(result)["checkpointing"] == "false"
     # The second stage starts from the first one's picture: its first loss is far below noise's.
     fresh = submit(client, COFFEE, [STARRY], {"iterations": 1, "height": 64, "width": 64, "seed": 7}).json()
-    assert poll(client, fresh["id"], is_final, timeout=60)["status"] == "succeeded"
+    assert poll(client, fresh["id"], is_final)["status"] == "succeeded"
     history = client.get(f"/jobs/{job['id']}/losses").json()
     first_at_64 = next(t for i, t in zip(history["iteration"], history["total"], strict=True) if i > 30)
     fresh_start = client.get(f"/jobs/{fresh['id']}/losses").json()["total"][0]
@@ -81,27 +79,28 @@ def test_a_too_big_job_that_reaches_a_worker_fails_readably_and_the_worker_takes
     # with less memory started).
     worker = service.workers.pop()
     worker.send_signal(signal.SIGTERM)
-    worker.wait(timeout=30)
-    deadline = time.monotonic() + 15
+    worker.wait(timeout=HANG)
+    deadline = time.monotonic() + HANG
     while client.get("/readyz").status_code == 200 and time.monotonic() < deadline:
         time.sleep(0.2)
+    assert client.get("/readyz").status_code == 503, "the stopped worker still counts as alive"
     big = submit(client, COFFEE, [STARRY], {"height": 2048, "width": 2048, "iterations": 2})
     assert big.status_code == 202, big.text
     small = submit(client, COFFEE, [STARRY], {"height": 64, "width": 64, "iterations": 3}).json()
     service.start_worker()
-    failed = poll(client, big.json()["id"], is_final, timeout=90)
+    failed = poll(client, big.json()["id"], is_final)
     assert failed["status"] == "failed"
     assert failed["error"]["type"] == "/problems/too-much-memory" and failed["error"]["status"] == 422
     detail = failed["error"]["detail"]
     assert "2048x2048" in detail and "needs about" in detail and "this worker's memory budget of 200 MB" in detail
-    assert poll(client, small["id"], is_final, timeout=60)["status"] == "succeeded"
+    assert poll(client, small["id"], is_final)["status"] == "succeeded"
     assert all(w.poll() is None for w in service.workers)
 
 
 def test_a_job_over_the_budget_runs_with_checkpointing_and_says_so(service: Service, client: httpx.Client) -> None:
     # 304x304: about 230 MB plainly, about 165 MB with checkpointing (core.memory).
     job = submit(client, COFFEE, [STARRY], {"height": 304, "width": 304, "iterations": 2}).json()
-    done = poll(client, job["id"], is_final, timeout=120)
+    done = poll(client, job["id"], is_final)
     assert done["status"] == "succeeded", done
     assert done["checkpointing"] is True and done["memory_bytes"] <= BUDGET
     snapshot = Image.open(io.BytesIO(client.get(f"/jobs/{job['id']}/snapshots/1").content))

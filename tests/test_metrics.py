@@ -6,7 +6,7 @@ from __future__ import annotations
 import asyncio
 import math
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 
 import httpx
 import pytest
@@ -24,8 +24,8 @@ from jobs.keys import lease_key
 from jobs.record import JobRecord, new_job_id
 from jobs.store import JobStore
 from tests.conftest import SAMPLES
-from tests.services import Service, is_final, poll, serve, submit
-from worker.local import free_port, start_redis, stop_processes
+from tests.services import HANG, Service, is_final, poll, submit
+from worker.local import free_port
 
 Samples = dict[tuple[str, frozenset[tuple[str, str]]], float]
 
@@ -46,22 +46,9 @@ def value(samples: Samples, name: str, **labels: str) -> float | None:
 # -- Redis-backed counters and histograms ------------------------------------------------------
 
 
-@pytest.fixture(scope="module")
-def redis_port(tmp_path_factory: pytest.TempPathFactory) -> Iterator[int]:
-    port = free_port()
-    process = start_redis(port, tmp_path_factory.mktemp("metrics-redis"))
-    try:
-        yield port
-    finally:
-        stop_processes([process])
-
-
 @pytest.fixture
-def db(redis_port: int) -> Iterator[redis.Redis]:
-    client = redis.Redis(port=redis_port)
-    client.flushdb()
-    yield client
-    client.close()
+def db(redis_db: redis.Redis) -> redis.Redis:
+    return redis_db
 
 
 def test_a_histogram_counts_each_value_in_the_first_bucket_that_holds_it(db: redis.Redis) -> None:
@@ -257,13 +244,7 @@ def test_requests_are_counted_by_route_template_method_and_status() -> None:
     assert registry.get_sample_value("nst_http_request_duration_seconds_count", STREAM) == 1
 
 
-# -- the whole service -----------------------------------------------------------------------
-
-
-@pytest.fixture(scope="module")
-def service(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Service]:
-    with serve(tmp_path_factory.mktemp("metrics")) as running:
-        yield running
+# -- the whole service (the shared stack: what other modules did shows, so the test reads changes) -
 
 
 def scrape(client: httpx.Client) -> Samples:
@@ -275,24 +256,29 @@ def scrape(client: httpx.Client) -> Samples:
 
 def test_after_a_job_the_metrics_show_it_and_the_worker_that_ran_it(service: Service, client: httpx.Client) -> None:
     before = scrape(client)
-    assert value(before, "nst_jobs_total", status="succeeded") == 0
-    assert value(before, "nst_job_run_seconds_count") == 0
+
+    def grown(name: str, **labels: str) -> float:
+        """How much a counter grew since `before` (a series not there before counts from 0)."""
+        now = value(samples, name, **labels)
+        assert now is not None, (name, labels)
+        return now - (value(before, name, **labels) or 0)
+
     params = {"height": 32, "width": 32, "iterations": 6, "snapshot_every": 5, "seed": 1}
     answer = submit(client, SAMPLES / "coffee.png", [SAMPLES / "starry_night.jpg"], params)
     assert answer.status_code == 202, answer.text
-    job = poll(client, answer.json()["id"], is_final, timeout=120)
+    job = poll(client, answer.json()["id"], is_final)
     assert job["status"] == "succeeded", job
     assert client.get(f"/jobs/{job['id']}/events").status_code == 200  # an ended job's stream closes
     assert client.get("/no/such/page").status_code == 404
     # The worker reports its rate with its next heartbeat (each second here).
-    deadline = time.monotonic() + 30
+    deadline = time.monotonic() + HANG
     samples = scrape(client)
     while not rate_keys(samples) and time.monotonic() < deadline:
         time.sleep(0.5)
         samples = scrape(client)
     assert value(samples, "nst_redis_up") == 1
-    assert value(samples, "nst_jobs_total", status="succeeded") == 1
-    assert value(samples, "nst_jobs_total", status="failed") == 0
+    assert grown("nst_jobs_total", status="succeeded") == 1
+    assert grown("nst_jobs_total", status="failed") == 0
     assert value(samples, "nst_queue_depth") == 0
     assert value(samples, "nst_jobs_running") == 0
     assert value(samples, "nst_workers_alive") == 1
@@ -301,18 +287,17 @@ def test_after_a_job_the_metrics_show_it_and_the_worker_that_ran_it(service: Ser
     budgets = [v for (name, _), v in samples.items() if name == "nst_worker_memory_budget_bytes"]
     assert len(budgets) == 1 and budgets[0] > 0
     assert [dict(labels)["device"] for name, labels in samples if name == "nst_worker_info"] == ["cpu"]
-    assert value(samples, "nst_snapshots_written_total") == 2  # iterations 1 and 5
-    assert value(samples, "nst_job_run_seconds_count") == 1
-    assert value(samples, "nst_job_queue_wait_seconds_count") == 1
-    polls = value(samples, "nst_http_requests_total", method="GET", route="/jobs/{job_id}", status="200")
-    assert polls is not None and polls >= 1
-    assert value(samples, "nst_http_requests_total", method="POST", route="/jobs", status="202") == 1
+    assert grown("nst_snapshots_written_total") == 2  # iterations 1 and 5
+    assert grown("nst_job_run_seconds_count") == 1
+    assert grown("nst_job_queue_wait_seconds_count") == 1
+    assert grown("nst_http_requests_total", method="GET", route="/jobs/{job_id}", status="200") >= 1
+    assert grown("nst_http_requests_total", method="POST", route="/jobs", status="202") == 1
     stream = {"method": "GET", "route": "/jobs/{job_id}/events"}
-    assert value(samples, "nst_http_requests_total", **stream, status="200") == 1
-    assert value(samples, "nst_http_requests_total", method="GET", route=UNMATCHED, status="404") == 1
+    assert grown("nst_http_requests_total", **stream, status="200") == 1
+    assert grown("nst_http_requests_total", method="GET", route=UNMATCHED, status="404") == 1
     assert not any(dict(labels).get("route", "").startswith(f"/jobs/{job['id']}") for _, labels in samples)
     for outcome in telemetry.WEBHOOK_OUTCOMES:
-        assert value(samples, "nst_webhook_deliveries_total", outcome=outcome) == 0
+        assert grown("nst_webhook_deliveries_total", outcome=outcome) == 0
 
 
 def rate_keys(samples: Samples) -> list[tuple[str, frozenset[tuple[str, str]]]]:

@@ -5,6 +5,7 @@ problem types that resolve to a page, 409s worded for the job's status, offline 
 from __future__ import annotations
 
 import importlib
+import json
 import os
 import re
 import subprocess
@@ -16,10 +17,10 @@ from typing import Any
 import httpx
 import pytest
 
-from api.schemas import JobPublic
 from jobs.problems import PROBLEM_TYPES
+from jobs.view import JobPublic, ProgressEvent, SnapshotEvent, StatusEvent, undeclared_fields
 from tests.conftest import SAMPLES
-from tests.services import Service, is_final, poll, serve, submit
+from tests.services import HANG, Service, is_final, poll, submit
 
 COFFEE = SAMPLES / "coffee.png"
 STARRY = SAMPLES / "starry_night.jpg"
@@ -53,12 +54,6 @@ ERROR_CODES = {
     "get_health": set(),
     "get_readiness": {503},
 }
-
-
-@pytest.fixture(scope="module")
-def service(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Service]:
-    with serve(tmp_path_factory.mktemp("openapi"), workers=1) as running:
-        yield running
 
 
 @pytest.fixture(scope="module")
@@ -135,7 +130,7 @@ def generate_client(url: str, out: Path) -> Any:
     done = subprocess.run(
         [sys.executable, "-m", "openapi_python_client", "generate", "--path", str(document),
          "--output-path", str(out / "nst_client"), "--meta", "none"],
-        capture_output=True, text=True, timeout=300, env=env,
+        capture_output=True, text=True, timeout=HANG, env=env,
     )  # fmt: skip
     assert done.returncode == 0, done.stdout + done.stderr
     assert "Unsupported content_type" not in done.stdout + done.stderr
@@ -177,11 +172,29 @@ def test_a_generated_client_runs_a_job_end_to_end(service: Service, tmp_path: Pa
 
 
 def test_answers_match_the_documented_job_model(client: httpx.Client) -> None:
-    job = submit(client, COFFEE, [STARRY], {"iterations": 2, **TINY}).json()
-    JobPublic.model_validate(job)
-    JobPublic.model_validate(poll(client, job["id"], is_final))
-    for listed in client.get("/jobs").json()["items"]:
-        JobPublic.model_validate(listed)
+    job = submit(client, COFFEE, [STARRY], {"iterations": 20, **TINY}).json()
+    events = sse_events(client.get(f"/jobs/{job['id']}/events").text)  # from now until its end
+    final = poll(client, job["id"], is_final)
+    answers = [job, final, *client.get("/jobs").json()["items"], *(e for kind, e in events if kind in ("job", "end"))]
+    for answer in answers:
+        JobPublic.model_validate(answer)
+        assert undeclared_fields(JobPublic, answer) == []  # nothing the document does not show
+    models = {"progress": ProgressEvent, "snapshot": SnapshotEvent, "status": StatusEvent}
+    for kind, data in events:
+        if kind in models:
+            models[kind].model_validate(data)
+            assert undeclared_fields(models[kind], data) == [], kind
+    assert events[-1][0] == "end"  # and, unless the job was over first, its progress on the way
+
+
+def sse_events(text: str) -> list[tuple[str, dict[str, Any]]]:
+    """(event, data) of each event in a whole Server-Sent Events body."""
+    found = []
+    for block in text.split("\n\n"):
+        fields = dict(line.split(": ", 1) for line in block.splitlines() if ": " in line and not line.startswith(":"))
+        if "event" in fields and "data" in fields:
+            found.append((fields["event"], json.loads(fields["data"])))
+    return found
 
 
 def test_problem_types_resolve_to_a_page(client: httpx.Client) -> None:
@@ -196,7 +209,7 @@ def test_problem_types_resolve_to_a_page(client: httpx.Client) -> None:
 
 def test_the_result_of_a_canceled_or_unfinished_job_is_a_409_that_says_why(client: httpx.Client) -> None:
     job = submit(client, COFFEE, [STARRY], {"iterations": 20000, **TINY}).json()
-    poll(client, job["id"], lambda j: j["status"] == "running", timeout=60)
+    poll(client, job["id"], lambda j: j["status"] == "running")
     running = client.get(f"/jobs/{job['id']}/result")
     assert running.status_code == 409 and running.json()["type"] == "/problems/not-finished"
     assert "running" in running.json()["detail"]

@@ -4,8 +4,11 @@ from __future__ import annotations
 
 import threading
 import time
+from collections.abc import Callable
 
 from worker.progress_writer import OrderedWriter
+
+HANG = 60  # seconds: only a hang waits this long for one of these threads
 
 
 class GatedWrites:
@@ -18,26 +21,38 @@ class GatedWrites:
 
     def __call__(self, item: int) -> None:
         self.started.set()
-        self.gate.wait(10)
+        self.gate.wait(HANG)
         self.done.append(item)
+
+    def open_when(self, condition: Callable[[], bool]) -> threading.Thread:
+        """Open the gate, from another thread, once `condition` holds (what the test waits for)."""
+
+        def watch() -> None:
+            deadline = time.monotonic() + HANG
+            while not condition() and time.monotonic() < deadline:
+                time.sleep(0.005)
+            self.gate.set()
+
+        thread = threading.Thread(target=watch, daemon=True)
+        thread.start()
+        return thread
 
 
 def test_items_are_written_in_order_and_the_loop_waits_only_past_the_bound() -> None:
     writes = GatedWrites()
     writer = OrderedWriter(writes, bound=3)
     writer.submit(0)
-    assert writes.started.wait(5)  # item 0 is being written, and held there
-    start = time.perf_counter()
+    assert writes.started.wait(HANG)  # item 0 is being written, and held there
     for item in (1, 2, 3):  # three more wait in the queue: the loop goes on at once
         assert writer.submit(item)
-    assert writer.waits == 0 and time.perf_counter() - start < 0.5
+    assert writer.waits == 0  # it never waited for the writer
     # The fourth behind: the loop waits, and gives the item up if it is stopping meanwhile.
     assert writer.submit(4, abandon=lambda: True) is False
     assert writer.waits == 1
-    threading.Timer(0.3, writes.gate.set).start()
-    begun = time.perf_counter()
-    assert writer.submit(5)  # waits until the writer takes one
-    assert time.perf_counter() - begun >= 0.2 and writer.waits == 2
+    # The gate opens only once the next submit is waiting: it returns after the writer took one.
+    writes.open_when(lambda: writer.waits == 2)
+    assert writer.submit(5)
+    assert writes.gate.is_set() and writer.waits == 2
     writer.close(drain=True)
     assert writes.done == [0, 1, 2, 3, 5]
 
@@ -47,8 +62,9 @@ def test_closing_without_draining_drops_what_has_not_begun_and_finishes_what_has
     writer = OrderedWriter(writes, bound=4)
     for item in range(4):
         writer.submit(item)
-    assert writes.started.wait(5)
-    threading.Timer(0.2, writes.gate.set).start()
+    assert writes.started.wait(HANG)
+    # The write under way completes only once close() has begun dropping the rest.
+    writes.open_when(writer._dropping.is_set)
     writer.close(drain=False)
     assert writes.done == [0]  # the one under way completed; the rest were dropped
 

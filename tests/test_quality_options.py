@@ -428,6 +428,7 @@ def test_every_option_together_runs_in_bf16_with_fp32_statistics(
     assert fast is not None and np.isfinite(fast.total) and results["bf16"].iterations_run == 4
 
 
+@pytest.mark.slow  # torch.compile
 def test_every_option_together_compiles_to_the_eager_numbers(
     monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture, content_image: Image.Image,
     style_image: Image.Image,

@@ -1,10 +1,9 @@
-"""Each quality option through the real service (redis-server, a Celery worker, uvicorn): a
-32x32 job succeeds with its snapshots and result, and a bad value is a 422 naming it."""
+"""Each quality option through the real service (redis-server, a Celery worker, uvicorn; the shared
+stack): a 32x32 job succeeds with its snapshots and result, and a bad value is a 422 naming it."""
 
 from __future__ import annotations
 
 import io
-from collections.abc import Iterator
 from typing import Any
 
 import httpx
@@ -12,7 +11,7 @@ import pytest
 from PIL import Image
 
 from tests.conftest import SAMPLES
-from tests.services import Service, is_final, poll, serve, submit
+from tests.services import Service, is_final, poll, submit
 
 COFFEE = SAMPLES / "coffee.png"  # 600x400
 STARRY = SAMPLES / "starry_night.jpg"
@@ -34,12 +33,6 @@ OPTIONS: list[dict[str, Any]] = [
 
 
 @pytest.fixture(scope="module")
-def service(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Service]:
-    with serve(tmp_path_factory.mktemp("quality"), workers=1) as running:
-        yield running
-
-
-@pytest.fixture(scope="module")
 def submitted(service: Service) -> dict[int, str]:
     """Every option's job, queued at once so that the worker runs them back to back."""
     with httpx.Client(base_url=service.url, timeout=30) as http:
@@ -56,7 +49,7 @@ def test_each_option_runs_through_the_service_with_snapshots(
     service: Service, client: httpx.Client, submitted: dict[int, str], index: int
 ) -> None:
     option = OPTIONS[index]
-    done = poll(client, submitted[index], is_final, timeout=240)
+    done = poll(client, submitted[index], is_final)
     assert done["status"] == "succeeded", service.logs()
     assert all(done["params"][name] == value for name, value in option.items() if name != "scales")
     assert [s["iteration"] for s in done["snapshots"]] == [1, 3, 6]

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from worker.runner import is_out_of_memory
+from worker.device_profile import is_out_of_memory
 
 
 def test_out_of_memory_is_recognised_on_both_devices() -> None:

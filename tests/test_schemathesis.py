@@ -1,7 +1,9 @@
 """A standard API fuzzer against the live stack with API keys on: schemathesis's checks that the
 service answers no 5xx and only what its OpenAPI document says (codes, content types, bodies,
 headers; the event stream event by event), then its stateful phase, which follows the document's
-links from a submitted or listed job to the job's operations. It runs in about a minute.
+links from a submitted or listed job to the job's operations. Each phase runs once: the same
+cases whatever the machine's speed (a time budget would test less on a slower one); about 35 s on
+two quiet cores.
 
 The job limits of this stack are small (64 px, 50 iterations) so that the jobs it submits run in
 moments; the document says so, as it does on any service.
@@ -13,30 +15,26 @@ import os
 import re
 import subprocess
 import sys
-from collections.abc import Iterator
 
 import httpx
 import pytest
 
 from api.keys_file import add_key
 from tests.conftest import ROOT, SAMPLES
-from tests.services import Service, is_final, poll, serve, submit
+from tests.services import HANG, Service, StartService, is_final, poll, submit
 
 CHECKS = (
     "not_a_server_error,status_code_conformance,content_type_conformance,"
     "response_schema_conformance,response_headers_conformance"
 )
-SECONDS = 60
 
 
 @pytest.fixture(scope="module")
-def key_and_service(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, Service]]:
-    root = tmp_path_factory.mktemp("schemathesis")
-    keys_file = root / "api-keys.jsonl"
+def key_and_service(tmp_path_factory: pytest.TempPathFactory, start_service: StartService) -> tuple[str, Service]:
+    keys_file = tmp_path_factory.mktemp("schemathesis-keys") / "api-keys.jsonl"
     _, key = add_key(keys_file, "fuzzer")
     env = {"NST_API_KEYS_FILE": str(keys_file), "NST_MAX_SIDE": "64", "NST_MAX_ITERATIONS": "50"}
-    with serve(root, env, workers=1) as running:
-        yield key, running
+    return key, start_service(env, workers=1)
 
 
 def test_schemathesis_finds_no_failure_and_follows_the_links(key_and_service: tuple[str, Service]) -> None:
@@ -47,16 +45,18 @@ def test_schemathesis_finds_no_failure_and_follows_the_links(key_and_service: tu
         job = submit(http, SAMPLES / "coffee.png", [SAMPLES / "starry_night.jpg"], {
             "iterations": 20, "height": 32, "width": 32, "snapshot_every": 10,
         }).json()  # fmt: skip
-        assert poll(http, job["id"], is_final, timeout=300)["status"] == "succeeded"
+        assert poll(http, job["id"], is_final)["status"] == "succeeded"
     env = os.environ | {"SCHEMATHESIS_HOOKS": "tests.schemathesis_hooks", "PYTHONPATH": str(ROOT)}
     seed = os.environ.get("NST_FUZZ_SEED", "1")  # the same cases in every run unless asked otherwise
     command = [
         sys.executable, "-m", "schemathesis.cli", "run", f"{service.url}/openapi.json",
         "--header", f"Authorization: Bearer {key}", "--checks", CHECKS,
-        "--phases", "coverage,fuzzing,stateful", "--max-time", str(SECONDS), "--request-timeout", "5",
-        "--seed", seed,
+        "--phases", "coverage,fuzzing,stateful", "--seed", seed,
+        # An event stream is read for the request timeout, then cut: 5 s keeps the fuzzer moving. An
+        # answer that a busy machine makes later than that is asked for again, not a failure.
+        "--request-timeout", "5", "--request-retries", "3",
     ]  # fmt: skip
-    run = subprocess.run(command, env=env, cwd=ROOT, capture_output=True, text=True, timeout=SECONDS * 8)
+    run = subprocess.run(command, env=env, cwd=ROOT, capture_output=True, text=True, timeout=2 * HANG)
     report = run.stdout + run.stderr
     assert run.returncode == 0, report[-8000:]
     assert "Open API 3.2.0" in report

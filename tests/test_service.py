@@ -1,12 +1,11 @@
-"""The service through HTTP, with a real redis-server, a real Celery worker and a real uvicorn."""
+"""The service through HTTP, with a real redis-server, a real Celery worker and a real uvicorn (the
+shared stack, whose CORS settings allow http://front.example)."""
 
 from __future__ import annotations
 
 import io
 import subprocess
 import sys
-import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
@@ -15,18 +14,12 @@ from PIL import Image
 
 from core.output import read_metadata
 from tests.conftest import SAMPLES
-from tests.services import Service, is_final, poll, serve, submit
+from tests.services import HANG, Service, is_final, poll, submit
 
 COFFEE = SAMPLES / "coffee.png"  # 600x400
 STARRY = SAMPLES / "starry_night.jpg"
 SMALL = {"height": 64, "width": 64}
 LONG = {"iterations": 20000, "height": 32, "width": 32}  # runs until canceled
-
-
-@pytest.fixture(scope="module")
-def service(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Service]:
-    with serve(tmp_path_factory.mktemp("service"), {"NST_CORS_ORIGINS": "http://front.example"}, workers=1) as running:
-        yield running
 
 
 def assert_problem(answer: httpx.Response, status: int) -> dict:
@@ -69,16 +62,15 @@ def test_a_job_runs_with_snapshots_and_a_result(client: httpx.Client, service: S
         assert read_metadata(img)["weights"] == "random" and read_metadata(img)["seed"] == "3"
 
 
-def test_a_running_job_is_canceled_within_a_second(client: httpx.Client) -> None:
+def test_a_running_job_is_canceled(client: httpx.Client) -> None:
+    # How soon (within a second) is a timing, for bench/: here, that the run stops before its end.
     job = submit(client, COFFEE, [STARRY], LONG).json()
-    poll(client, job["id"], lambda j: j["status"] == "running" and j["progress"]["iteration"] >= 1, timeout=60)
-    asked = time.monotonic()
+    poll(client, job["id"], lambda j: j["status"] == "running" and j["progress"]["iteration"] >= 1)
     answer = client.post(f"/jobs/{job['id']}/cancel")
     assert answer.status_code == 202 and answer.json()["id"] == job["id"]
-    done = poll(client, job["id"], is_final, timeout=30)
-    took = time.monotonic() - asked
+    done = poll(client, job["id"], is_final)
     assert done["status"] == "canceled" and done["finished_at"] is not None
-    assert took < 5, f"cancel took {took:.1f} s"  # within a second, plus polling slack on a busy CI
+    assert done["progress"]["iteration"] < LONG["iterations"]
     again = client.post(f"/jobs/{job['id']}/cancel")
     assert again.status_code == 202 and again.json()["status"] == "canceled"  # cancel twice: same answer
     assert_problem(client.get(f"/jobs/{job['id']}/result"), 409)
@@ -86,7 +78,7 @@ def test_a_running_job_is_canceled_within_a_second(client: httpx.Client) -> None
 
 def test_a_queued_job_waits_shows_its_position_and_is_never_started_once_canceled(client: httpx.Client) -> None:
     busy = submit(client, COFFEE, [STARRY], LONG).json()
-    poll(client, busy["id"], lambda j: j["status"] == "running", timeout=60)
+    poll(client, busy["id"], lambda j: j["status"] == "running")
     second = submit(client, COFFEE, [STARRY], {"iterations": 2, **SMALL}).json()
     third = submit(client, COFFEE, [STARRY], {"iterations": 2, **SMALL}).json()
     assert second["status"] == "queued" and second["queue_position"] == 1
@@ -191,7 +183,7 @@ def test_nst_submit_waits_and_saves_the_result(service: Service, tmp_path: Path)
     done = subprocess.run(
         [sys.executable, "-m", "core.cli", "submit", str(COFFEE), str(STARRY), "--server", service.url,
          "--params", '{"iterations": 60, "height": 32, "width": 32}', "-o", str(out)],
-        capture_output=True, text=True, timeout=180,
+        capture_output=True, text=True, timeout=HANG,
     )  # fmt: skip
     assert done.returncode == 0, done.stderr
     assert len(done.stdout.strip()) == 32  # the job id, for scripts
@@ -204,16 +196,17 @@ def test_nst_submit_reports_a_refusal_in_one_line(service: Service, tmp_path: Pa
     done = subprocess.run(
         [sys.executable, "-m", "core.cli", "submit", str(COFFEE), str(STARRY), "--server", service.url,
          "--params", '{"iterations": -1}'],
-        capture_output=True, text=True, timeout=60,
+        capture_output=True, text=True, timeout=HANG,
     )  # fmt: skip
     assert done.returncode == 1 and done.stderr.count("\n") == 1 and "422" in done.stderr
 
 
 def test_the_api_never_imports_torch() -> None:
     code = "import sys, api.app, api.commands; api.app.create_app(); sys.exit('torch' in sys.modules)"
-    assert subprocess.run([sys.executable, "-c", code], timeout=60).returncode == 0
+    assert subprocess.run([sys.executable, "-c", code], timeout=HANG).returncode == 0
 
 
+@pytest.mark.service  # a stack of its own, under `nst up`
 def test_nst_up_runs_everything_and_stops_it_all_on_sigterm(tmp_path: Path) -> None:
     import os
     import signal
@@ -228,12 +221,12 @@ def test_nst_up_runs_everything_and_stops_it_all_on_sigterm(tmp_path: Path) -> N
         env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True,
     )  # fmt: skip
     try:
-        wait_for_http(f"http://127.0.0.1:{port}/readyz", up, timeout=120)
+        wait_for_http(f"http://127.0.0.1:{port}/readyz", up, timeout=HANG)
         with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=30) as http:
             job = submit(http, COFFEE, [STARRY], {"iterations": 2, "height": 16, "width": 16}).json()
             assert poll(http, job["id"], is_final)["status"] == "succeeded"
         up.send_signal(signal.SIGTERM)
-        output, _ = up.communicate(timeout=60)
+        output, _ = up.communicate(timeout=HANG)
     finally:
         if up.poll() is None:
             os.killpg(up.pid, signal.SIGKILL)

@@ -20,7 +20,7 @@ import redis
 from jobs.keys import WORKERS_KEY
 from jobs.store import JobStore
 from tests.conftest import SAMPLES
-from tests.services import is_final, poll, submit
+from tests.services import HANG, is_final, poll, submit
 from worker.local import free_port, nst_command, wait_for_http, worker_devices
 from worker.supervisor import Child, Supervisor, backoff_seconds, exit_reason
 
@@ -55,7 +55,7 @@ class FakeClock:
 
 def wait_exited(child: Child) -> None:
     assert child.process is not None
-    child.process.wait(timeout=30)
+    child.process.wait(timeout=HANG)
 
 
 def test_a_child_that_keeps_failing_is_restarted_with_growing_back_off_and_each_restart_logged(
@@ -154,6 +154,7 @@ def nst_up_env() -> dict[str, str]:
     return env
 
 
+@pytest.mark.service
 def test_under_nst_up_a_worker_killed_mid_job_is_replaced_and_its_job_finishes_once(tmp_path: Path) -> None:
     port = free_port()
     env = nst_up_env()
@@ -170,20 +171,20 @@ def test_under_nst_up_a_worker_killed_mid_job_is_replaced_and_its_job_finishes_o
     def watch_health() -> None:
         while not watching.is_set():
             try:
-                if httpx.get(f"{url}/healthz", timeout=5).status_code != 200:
+                if httpx.get(f"{url}/healthz", timeout=HANG).status_code != 200:
                     health_failures.append("status")
             except httpx.HTTPError as exc:
                 health_failures.append(repr(exc))
             time.sleep(0.2)
 
     try:
-        wait_for_http(f"{url}/readyz", up, timeout=180)
+        wait_for_http(f"{url}/readyz", up, timeout=HANG)
         redis_url = next(line for line in log_path.read_text().split() if line.startswith("redis://"))
         client = redis.Redis.from_url(redis_url)
         store = JobStore(client, 3600)
         with httpx.Client(base_url=url, timeout=30) as http:
             job = submit(http, COFFEE, [STARRY], {"iterations": 160, "height": 32, "width": 32}).json()
-            poll(http, job["id"], lambda j: j["progress"]["iteration"] >= 40, timeout=120)
+            poll(http, job["id"], lambda j: j["progress"]["iteration"] >= 40)
             [victim] = worker_pids(up.pid)
             watcher = threading.Thread(target=watch_health, daemon=True)
             watcher.start()
@@ -191,13 +192,13 @@ def test_under_nst_up_a_worker_killed_mid_job_is_replaced_and_its_job_finishes_o
             killed_at = time.monotonic()
             # A new worker is ready: a new process has loaded its weights and says it is alive.
             replacement = None
-            while time.monotonic() - killed_at < 10 and replacement is None:
+            while time.monotonic() - killed_at < HANG and replacement is None:
                 alive = [m.decode() for m in client.zrangebyscore(WORKERS_KEY, time.time() - 2, "+inf")]
                 fresh = [name for name in alive if not name.endswith(f":{victim}")]
                 replacement = fresh[0] if fresh else None
                 time.sleep(0.1)
-            assert replacement is not None, f"no new worker within 10 s:\n{log_path.read_text()}"
-            final = poll(http, job["id"], is_final, timeout=180)
+            assert replacement is not None, f"no new worker within {HANG:.0f} s:\n{log_path.read_text()}"
+            final = poll(http, job["id"], is_final)
         watching.set()
         watcher.join()
         assert final["status"] == "succeeded", final
@@ -209,7 +210,7 @@ def test_under_nst_up_a_worker_killed_mid_job_is_replaced_and_its_job_finishes_o
         watching.set()
         up.send_signal(signal.SIGINT)  # Ctrl-C: the children have their own process group, nst up stops them
         try:
-            up.wait(timeout=60)
+            up.wait(timeout=HANG)
         except subprocess.TimeoutExpired:
             os.killpg(up.pid, signal.SIGKILL)
     assert up.returncode == 0, log_path.read_text()
@@ -223,6 +224,7 @@ def session_processes(session: int) -> list[str]:
     return [line for line in found.splitlines() if line.strip()]
 
 
+@pytest.mark.service
 def test_a_sigkilled_nst_up_leaves_no_child_behind_and_its_job_resumes_when_it_is_back(tmp_path: Path) -> None:
     """The OOM killer, `kill -9` or a service manager's stop time-out end `nst up` without a word
     to its children: each must end by itself within moments (a worker mid-job too), and the job
@@ -240,26 +242,26 @@ def test_a_sigkilled_nst_up_leaves_no_child_behind_and_its_job_resumes_when_it_i
     first = start("up1.log")
     second = None
     try:
-        wait_for_http(f"{url}/readyz", first, timeout=180)
+        wait_for_http(f"{url}/readyz", first, timeout=HANG)
         with httpx.Client(base_url=url, timeout=30) as http:
             job = submit(http, COFFEE, [STARRY], {"iterations": 20000, "height": 32, "width": 32}).json()
-            poll(http, job["id"], lambda j: j["progress"]["iteration"] >= 40, timeout=180)
+            poll(http, job["id"], lambda j: j["progress"]["iteration"] >= 40)
         assert worker_pids(first.pid), "no worker under nst up"
         os.kill(first.pid, signal.SIGKILL)
         first.wait()
-        deadline = time.monotonic() + 60  # "within a few seconds"; only a hang reaches this
+        deadline = time.monotonic() + HANG  # "within a few seconds"; only a hang reaches this
         while session_processes(first.pid) and time.monotonic() < deadline:
             time.sleep(0.2)
         assert session_processes(first.pid) == [], "children outlived nst up"
 
         second = start("up2.log")  # the same data dir: the same Redis, the job still there
-        wait_for_http(f"{url}/readyz", second, timeout=180)
+        wait_for_http(f"{url}/readyz", second, timeout=HANG)
         with httpx.Client(base_url=url, timeout=30) as http:
             resumed = poll(http, job["id"], lambda j: j["status"] == "running" and j["progress"]["iteration"] > 40)
             assert resumed["status"] == "running"
             canceled = http.post(f"/jobs/{job['id']}/cancel")
             assert canceled.status_code == 202
-            final = poll(http, job["id"], is_final, timeout=180)
+            final = poll(http, job["id"], is_final)
         assert final["status"] == "canceled"
         worker_log = (tmp_path / "up2.log").read_text()
         assert "resuming from the checkpoint" in worker_log and "attempt 2" in worker_log
@@ -268,7 +270,7 @@ def test_a_sigkilled_nst_up_leaves_no_child_behind_and_its_job_resumes_when_it_i
             if up is not None and up.poll() is None:
                 up.send_signal(signal.SIGINT)
                 try:
-                    up.wait(timeout=60)
+                    up.wait(timeout=HANG)
                 except subprocess.TimeoutExpired:
                     os.killpg(up.pid, signal.SIGKILL)
         for up in (first, second):
@@ -287,6 +289,7 @@ def read_until(process: subprocess.Popen[str], marker: str, lines: list[str]) ->
     return False
 
 
+@pytest.mark.service
 def test_nst_up_says_it_is_up_last_once_every_child_is_ready_and_logs_no_polls_of_its_own(tmp_path: Path) -> None:
     port = free_port()
     env = os.environ | {"NST_VGG_WEIGHTS": "random", "NST_DEVICE": "cpu", "PYTHONUNBUFFERED": "1"}
@@ -308,21 +311,22 @@ def test_nst_up_says_it_is_up_last_once_every_child_is_ready_and_logs_no_polls_o
         assert read_until(up, "Ctrl-C stops everything", lines)
         banner = "\n".join(lines[lines.index(next(line for line in lines if "is up" in line)) :])
         assert f"http://127.0.0.1:{port}" in banner and "/bin/nst" in banner and "activate" in banner
-        assert httpx.get(f"http://127.0.0.1:{port}/readyz", timeout=10).json()["workers"] == 1
+        assert httpx.get(f"http://127.0.0.1:{port}/readyz", timeout=HANG).json()["workers"] == 1
     finally:
         up.send_signal(signal.SIGINT)
         try:
-            up.wait(timeout=60)
+            up.wait(timeout=HANG)
         except subprocess.TimeoutExpired:
             os.killpg(up.pid, signal.SIGKILL)
     assert up.returncode == 0
 
 
+@pytest.mark.service  # an `nst up` whose worker cannot load its weights
 def test_a_child_that_cannot_start_ends_nst_up_with_its_reason_last(tmp_path: Path) -> None:
     env = os.environ | {"NST_VGG_WEIGHTS": str(tmp_path / "no-such-weights.pth"), "NST_DEVICE": "cpu"}
     env.pop("NST_REDIS_URL", None)
     command = nst_command("up", "--port", str(free_port()), "--data-dir", str(tmp_path / "data"))
-    done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300, start_new_session=True)
+    done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=HANG, start_new_session=True)
     assert done.returncode != 0
     last = [line for line in (done.stdout + done.stderr).splitlines() if line.strip()][-2:]
     assert last[0].startswith("nst: error: nst worker could not start"), last

@@ -31,7 +31,7 @@ from jobs.telemetry import WEBHOOK_DELIVERIES_KEY
 from jobs.url_safety import CheckedUrl, Unresolvable, UnsafeUrl, check_url, forbidden_reason
 from jobs.webhooks import JITTER, MAX_RETRIES, announce, parse_events, retry_delay
 from tests.conftest import SAMPLES
-from tests.services import Service, is_final, poll, serve, submit
+from tests.services import HANG, Service, StartService, is_final, poll, submit
 from worker.webhook_delivery import deliver, post_to, signed_headers, verdict_for
 
 SECRET = "whsec_" + base64.b64encode(b"0123456789abcdef0123456789abcdef").decode()
@@ -95,7 +95,7 @@ class Receiver:
             self.server.shutdown()
             self.server.server_close()
 
-    def wait_for(self, count: int, timeout: float = 120) -> list[Received]:
+    def wait_for(self, count: int, timeout: float = HANG) -> list[Received]:
         """Until `count` requests have come (a deadline, not a timing assertion)."""
         with self.changed:
             if not self.changed.wait_for(lambda: len(self.requests) >= count, timeout):
@@ -319,8 +319,8 @@ class RecordingCelery:
         self.sent.append((name, args, queue))
 
 
-def test_announce_sends_each_event_once_and_snapshots_at_most_once_an_interval(no_flag: Service) -> None:
-    store = JobStore.from_url(no_flag.redis_url, 3600)
+def test_announce_sends_each_event_once_and_snapshots_at_most_once_an_interval(redis_db: redis.Redis) -> None:
+    store = JobStore(redis_db, 3600)
     settings = Settings(webhook_snapshot_interval_seconds=3600)
     celery = RecordingCelery()
     record = JobRecord(
@@ -348,22 +348,20 @@ def test_announce_sends_each_event_once_and_snapshots_at_most_once_an_interval(n
 
 
 @pytest.fixture(scope="module")
-def service(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Service]:
+def service(start_service: StartService) -> Service:
     env = {
         "NST_WEBHOOK_SECRET": SECRET,
         "NST_WEBHOOK_ALLOW_PRIVATE": "1",
         "NST_WEBHOOK_RETRY_BASE_SECONDS": "0.2",
         "NST_WEBHOOK_SNAPSHOT_INTERVAL_SECONDS": "600",  # exactly one snapshot event per job
     }
-    with serve(tmp_path_factory.mktemp("webhooks"), env, workers=1, webhooks=True) as running:
-        yield running
+    return start_service(env, workers=1, webhooks=True)
 
 
 @pytest.fixture(scope="module")
-def no_flag(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Service]:
+def no_flag(start_service: StartService) -> Service:
     """The API as deployed: a secret, no private addresses; no worker (nothing runs)."""
-    with serve(tmp_path_factory.mktemp("webhooks-no-flag"), {"NST_WEBHOOK_SECRET": SECRET}, workers=0) as running:
-        yield running
+    return start_service({"NST_WEBHOOK_SECRET": SECRET}, workers=0)
 
 
 def deliveries(service: Service) -> dict[str, int]:
@@ -373,7 +371,7 @@ def deliveries(service: Service) -> dict[str, int]:
 
 
 def wait_for_counts(service: Service, before: dict[str, int], **expected: int) -> None:
-    deadline = time.monotonic() + 120
+    deadline = time.monotonic() + HANG
     while time.monotonic() < deadline:
         now = deliveries(service)
         if all(now.get(k, 0) - before.get(k, 0) >= v for k, v in expected.items()):
@@ -446,14 +444,14 @@ def test_a_job_canceled_while_queued_sends_completed(
     client: httpx.Client, service: Service, receiver: Receiver
 ) -> None:
     blocker = submit(client, COFFEE, [STARRY], LONG).json()  # holds the only worker
-    poll(client, blocker["id"], lambda j: j["status"] == "running", timeout=60)
+    poll(client, blocker["id"], lambda j: j["status"] == "running")
     queued = submit_with(client, TINY, with_webhook(receiver.url, "started", "completed")).json()
     assert client.post(f"/jobs/{queued['id']}/cancel").status_code == 202
     client.post(f"/jobs/{blocker['id']}/cancel")
     (request,) = receiver.wait_for(1)
     body = verified(request)
     assert body["type"] == "job.completed" and body["data"]["status"] == "canceled"
-    poll(client, blocker["id"], is_final, timeout=60)
+    poll(client, blocker["id"], is_final)
 
 
 def test_a_loopback_webhook_without_the_flag_is_refused_and_nothing_stored(no_flag: Service) -> None:
