@@ -25,7 +25,7 @@ from selenium import webdriver
 from selenium.webdriver.common.by import By
 from selenium.webdriver.support.ui import WebDriverWait
 
-from tests.browser import headless_chromium
+from tests.api.browser import headless_chromium
 from tests.services import serve
 
 ROOT = Path(__file__).resolve().parent.parent

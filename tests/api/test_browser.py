@@ -12,7 +12,7 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.browser import CHROMEDRIVER, CHROMIUM
+from tests.api.browser import CHROMEDRIVER, CHROMIUM
 from tests.conftest import SAMPLES
 from tests.services import HANG, Service, is_final, poll, submit
 
@@ -29,7 +29,7 @@ from selenium.webdriver.remote.webdriver import WebDriver  # noqa: E402
 from selenium.webdriver.remote.webelement import WebElement  # noqa: E402
 from selenium.webdriver.support.ui import WebDriverWait  # noqa: E402
 
-from tests.browser import headless_chromium  # noqa: E402
+from tests.api.browser import headless_chromium  # noqa: E402
 
 COFFEE = SAMPLES / "coffee.png"
 STARRY = SAMPLES / "starry_night.jpg"

@@ -46,7 +46,7 @@ def test_schemathesis_finds_no_failure_and_follows_the_links(key_and_service: tu
             "iterations": 20, "height": 32, "width": 32, "snapshot_every": 10,
         }).json()  # fmt: skip
         assert poll(http, job["id"], is_final)["status"] == "succeeded"
-    env = os.environ | {"SCHEMATHESIS_HOOKS": "tests.schemathesis_hooks", "PYTHONPATH": str(ROOT)}
+    env = os.environ | {"SCHEMATHESIS_HOOKS": "tests.api.schemathesis_hooks", "PYTHONPATH": str(ROOT)}
     seed = os.environ.get("NST_FUZZ_SEED", "1")  # the same cases in every run unless asked otherwise
     command = [
         sys.executable, "-m", "schemathesis.cli", "run", f"{service.url}/openapi.json",

@@ -23,7 +23,7 @@ from core.memory import (
     too_big_detail,
 )
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def bench_memory() -> ModuleType:

@@ -1,4 +1,4 @@
-"""Hooks for the schemathesis run of tests/test_schemathesis.py (loaded by SCHEMATHESIS_HOOKS).
+"""Hooks for the schemathesis run of tests/api/test_schemathesis.py (loaded by SCHEMATHESIS_HOOKS).
 
 A fuzzer cannot make up a picture: every `POST /jobs` it generates would be a 415 and no job would
 ever reach the operations its links lead to. Here the uploads of a generated submission are real

@@ -386,7 +386,7 @@ def test_no_key_appears_in_redis_or_the_logs(
 def test_the_page_asks_for_a_key_keeps_it_and_shows_the_job(
     service: Service, keys: dict[str, str], alice_job: dict[str, Any], tmp_path: Path
 ) -> None:
-    from tests.browser import CHROMEDRIVER, CHROMIUM
+    from tests.api.browser import CHROMEDRIVER, CHROMIUM
 
     if not (CHROMIUM.exists() and CHROMEDRIVER.exists()):
         pytest.skip("no headless browser: chromium and chromedriver are needed")
@@ -394,7 +394,7 @@ def test_the_page_asks_for_a_key_keeps_it_and_shows_the_job(
     from selenium.webdriver.common.by import By
     from selenium.webdriver.support.ui import WebDriverWait
 
-    from tests.browser import headless_chromium
+    from tests.api.browser import headless_chromium
 
     driver = headless_chromium(tmp_path / "profile")
     waiter = WebDriverWait(driver, HANG, poll_frequency=0.1)
