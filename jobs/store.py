@@ -43,7 +43,7 @@ from jobs.keys import (
     tenant_queue_key,
 )
 from jobs.problems import problem_body
-from jobs.record import TERMINAL, EventKind, JobRecord, JobStatus, encode_fields, utc_now
+from jobs.record import TERMINAL, EventKind, JobRecord, JobStatus, decode_value, encode_fields, utc_now
 from jobs.tenancy import Limits, TenantLimits, tenant_of
 from jobs.workers import WorkerRegistry
 
@@ -284,8 +284,8 @@ class JobStore:
         pipe.exists(cancel_key(job_id))
         (status, token), canceled = pipe.execute()
         return (
-            json.loads(status) if status else None,
-            json.loads(token) if token else None,
+            decode_value(status) if status else None,
+            decode_value(token) if token else None,
             bool(canceled),
         )
 

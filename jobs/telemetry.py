@@ -14,7 +14,6 @@ These keys never expire: they are counters for the life of the Redis database.
 
 from __future__ import annotations
 
-import json
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -24,6 +23,7 @@ from typing import Any, Literal, get_args
 import redis
 
 from jobs.keys import PREFIX, QUEUE_KEY, RUNNING_KEY, WORKER_INFO_KEY
+from jobs.record import decode_value
 from jobs.workers import live_range, live_reports
 
 METRICS_PREFIX = f"{PREFIX}:metrics"
@@ -132,7 +132,7 @@ def seconds_since(stamp: bytes | str | None, now: datetime | None = None) -> flo
     if stamp is None:
         return None
     try:
-        value = json.loads(stamp)
+        value = decode_value(stamp)
         then = datetime.fromisoformat(value) if isinstance(value, str) else None
     except ValueError:
         return None

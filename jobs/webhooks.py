@@ -23,7 +23,7 @@ from typing import Any, Literal, get_args
 from celery import Celery
 
 from jobs.keys import job_key, webhook_sent_key
-from jobs.record import TERMINAL, utc_now
+from jobs.record import TERMINAL, decode_value, utc_now
 from jobs.settings import Settings, get_settings
 from jobs.store import JobStore
 from jobs.view import job_view
@@ -86,8 +86,8 @@ def announce(
 
 def _announce(store: JobStore, job_id: str, event: WebhookEvent, settings: Settings, celery: Celery | None) -> bool:
     url_field, events_field = store.redis.hmget(job_key(job_id), ["webhook", "webhook_events"])
-    url = json.loads(url_field) if url_field else None
-    if not url or event not in (json.loads(events_field) if events_field else []):
+    url = decode_value(url_field) if url_field else None
+    if not url or event not in (decode_value(events_field) if events_field else []):
         return False  # most jobs: one small read and nothing else
     record = store.get(job_id)
     if record is None or (event == "completed" and record.status not in TERMINAL):
