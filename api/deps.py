@@ -1,5 +1,5 @@
 """Dependencies the routes declare: the settings, the job store (writes), the reader (async reads),
-the event hub and the Celery app of this process."""
+the event hub, the blob store and the Celery app of this process."""
 
 from __future__ import annotations
 
@@ -10,6 +10,7 @@ from fastapi import Depends, Request
 
 from api.event_hub import EventHub
 from api.problems import not_found
+from jobs.blobs import BlobStore
 from jobs.reader import JobReader
 from jobs.settings import Settings
 from jobs.store import JobStore
@@ -31,6 +32,10 @@ async def _hub(request: Request) -> EventHub:
     return cast(EventHub, request.app.state.hub)
 
 
+async def _blobs(request: Request) -> BlobStore:
+    return cast(BlobStore, request.app.state.blobs)
+
+
 async def _celery(request: Request) -> Celery:
     return request.app.state.celery
 
@@ -40,6 +45,7 @@ StoreDep = Annotated[JobStore, Depends(_store)]
 ReaderDep = Annotated[JobReader, Depends(_reader)]
 HubDep = Annotated[EventHub, Depends(_hub)]
 CeleryDep = Annotated[Celery, Depends(_celery)]
+BlobsDep = Annotated[BlobStore, Depends(_blobs)]
 
 
 async def load_record(job_id: str, reader: JobReader, owner: str | None) -> dict[str, Any]:

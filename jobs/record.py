@@ -85,7 +85,10 @@ class JobRecord(BaseModel):
     # Coarse-to-fine: the stage running, {"index": from 1, "count", "height", "width"}.
     scale: dict[str, int] | None = None
     owner: str | None = None  # the id of the API key that made the job (never the key); None without keys
-    input_bytes: int = 0  # what its uploads take in Redis, until it ends (then they are deleted)
+    input_bytes: int = 0  # what its uploads take, until it ends (then they are deleted)
+    # Its inputs, result and checkpoint are in the blob store (jobs/blobs.py). False: a job of an
+    # earlier version, whose files are in Redis; it is still served from there until it expires.
+    blobs: bool = False
     finished_by: str | None = None  # the run token that ended it: a repeated finish knows it was its own
     # Webhooks (jobs/webhooks.py): the URL checked at submit, and the events it gets.
     webhook: str | None = None

@@ -16,8 +16,44 @@ class Settings(BaseSettings):
 
     model_config = SettingsConfigDict(env_prefix="NST_", extra="ignore")
 
-    redis_url: str = Field("redis://127.0.0.1:6379/0", description="broker, job state and images")
+    redis_url: str = Field("redis://127.0.0.1:6379/0", description="broker, job state, events and snapshots")
     job_ttl_seconds: int = Field(86_400, ge=60, description="inputs, snapshots and results expire after this")
+    blob_store: str = Field(
+        ".nst/blobs",
+        description="where uploads, results and checkpoints live: a directory (a path or file:///path) or "
+        "s3://bucket/prefix (with the AWS_* variables; AWS_ENDPOINT_URL for MinIO and other S3-compatible servers)",
+    )
+    blob_min_free_bytes: int = Field(
+        1_000_000_000, ge=0, description="a directory store keeps this much of its disk free: past it, 507"
+    )
+    result_redirect_seconds: int | None = Field(
+        None,
+        ge=1,
+        le=604_800,
+        description="with an S3 store, answer GET /jobs/{id}/result with a redirect (307) to a signed URL "
+        "valid this long, instead of the bytes (unset: the API serves them)",
+    )
+    redis_high_water: float = Field(
+        0.8,
+        gt=0,
+        le=1,
+        description="share of Redis's maxmemory past which submissions are refused (503) before anything is stored",
+    )
+    redis_maxmemory: str = Field(
+        "1gb", description="maxmemory of the Redis that `nst up` starts (with noeviction): what Redis may hold"
+    )
+    api_processes: int | None = Field(
+        None, ge=1, le=64, description="API processes `nst api` runs (default: one per CPU core)"
+    )
+    max_concurrent_uploads: int = Field(
+        8, ge=1, description="submissions one API process reads and checks at once; the rest wait their turn"
+    )
+    sweep_interval_seconds: float = Field(
+        600.0, gt=0, description="how often a worker removes objects whose job is gone (expired, deleted, crashed)"
+    )
+    sweep_grace_seconds: float = Field(
+        3600.0, ge=0, description="objects younger than this are never swept (a submission may be storing them)"
+    )
     max_upload_bytes: int = Field(20_000_000, ge=1, description="per uploaded file")
     max_styles: int = Field(8, ge=1, le=16, description="style images per job")
     max_input_pixels: int = Field(40_000_000, ge=1, description="width x height of an uploaded image")
@@ -106,7 +142,14 @@ class Settings(BaseSettings):
             return value
         return None
 
-    @field_validator("api_keys_file", "max_active_jobs_per_key", "max_decode_pixels", mode="before")
+    @field_validator(
+        "api_keys_file",
+        "max_active_jobs_per_key",
+        "max_decode_pixels",
+        "result_redirect_seconds",
+        "api_processes",
+        mode="before",
+    )
     @classmethod
     def _empty_is_unset(cls, value: object) -> object:
         """`NST_API_KEYS_FILE=` (as a compose file or a shell leaves it) means no file, not the path ""."""
