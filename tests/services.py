@@ -61,6 +61,8 @@ class Service:
             os.environ
             | {
                 "NST_REDIS_URL": self.redis_url,
+                "NST_BLOB_STORE": str(self.root / "blobs"),  # the stack's own directory store
+                "NST_API_PROCESSES": "1",
                 "NST_VGG_WEIGHTS": "random",
                 "NST_DEVICE": "cpu",
                 "NST_WORKER_HEARTBEAT_SECONDS": "1",
