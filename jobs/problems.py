@@ -169,6 +169,29 @@ PROBLEM_TYPES: dict[str, ProblemType] = {
         "The worker running the job stopped (it crashed or was killed) NST_MAX_ATTEMPTS times; each "
         "time the job was resumed from its last checkpoint on another worker.",
     ),
+    "service-full": ProblemType(
+        503,
+        "Service full",
+        "Redis (job state, events, snapshots) holds more than NST_REDIS_HIGH_WATER of its maxmemory: no new "
+        "job is stored until finished jobs expire or are deleted. Try again after Retry-After.",
+    ),
+    "storage-full": ProblemType(
+        507,
+        "Storage full",
+        "The blob store (NST_BLOB_STORE) has no room for the uploads: its disk would keep less than "
+        "NST_BLOB_MIN_FREE_BYTES free, or the S3 service said it is full. Nothing was stored.",
+    ),
+    "storage-unavailable": ProblemType(
+        503,
+        "Storage unavailable",
+        "The blob store (NST_BLOB_STORE) did not answer or refused a read or a write; nothing was kept. "
+        "For a job's error: the worker could not store its result after retrying.",
+    ),
+    "range-not-satisfiable": ProblemType(
+        416,
+        "Range not satisfiable",
+        "The Range header asks for bytes the image does not have; Content-Range says its size.",
+    ),
 }
 
 
