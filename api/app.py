@@ -19,6 +19,7 @@ from api.problems import install_problem_handlers
 from api.routes import events, health, images, jobs, metrics, web
 from api.routes.jobs import tenant_limits
 from api.security import RequestGuard
+from api.upload_gate import upload_gate
 from jobs.blobs import BlobStore
 from jobs.queue import make_celery_app
 from jobs.reader import JobReader
@@ -61,6 +62,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.store = JobStore.from_url(settings.redis_url, settings.job_ttl_seconds)
     app.state.reader = JobReader.from_url(settings.redis_url)
     app.state.blobs = BlobStore(settings.blob_store, settings.blob_min_free_bytes)  # uploads, results, checkpoints
+    app.state.upload_gate = upload_gate(settings.max_concurrent_uploads)
     app.state.celery = make_celery_app(settings)
     app.state.tenant_limits = tenant_limits(app.state.store, settings)
     app.state.decode_budget = PixelBudget(settings.decode_pixel_budget, settings.decode_wait_seconds)

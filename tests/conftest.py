@@ -31,6 +31,7 @@ import pytest
 import redis
 from PIL import Image
 
+from tests.s3_server import S3Server, start_s3_server
 from tests.services import RedisServer, Service, StartService, settle, start_redis_server
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -63,6 +64,14 @@ def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServ
     yield server
     server.process.terminate()
     server.process.wait()
+
+
+@pytest.fixture(scope="session")
+def s3_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[S3Server]:
+    """moto's S3 server with the test bucket; give each test its own prefix (`s3_server.env(prefix)`)."""
+    server = start_s3_server(tmp_path_factory.mktemp("s3") / "moto.log")
+    yield server
+    server.stop()
 
 
 @pytest.fixture
