@@ -1,7 +1,8 @@
 """The Redis layout of the service: the one place that names its keys.
 
-A job is a hash `nst:job:{id}` (its fields: jobs/record.py). Beside it: the inputs, snapshots,
-the result, a checkpoint, and two keys for watchers:
+A job is a hash `nst:job:{id}` (its fields: jobs/record.py). Beside it: its snapshots and two
+keys for watchers (its inputs, result and checkpoint are in the blob store, jobs/blobs.py; the
+content/style/result/checkpoint keys below hold them only for jobs of an earlier version):
 - `nst:job:{id}:events`, a Redis Stream with an entry at each status change, progress write and
   snapshot, written in the same transaction as the change it reports. Its entry ids are the
   Server-Sent Events' ids; it is trimmed (approximately) to EVENTS_MAXLEN entries.

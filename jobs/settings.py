@@ -17,7 +17,7 @@ class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="NST_", extra="ignore")
 
     redis_url: str = Field("redis://127.0.0.1:6379/0", description="broker, job state, events and snapshots")
-    job_ttl_seconds: int = Field(86_400, ge=60, description="inputs, snapshots and results expire after this")
+    job_ttl_seconds: int = Field(86_400, ge=60, description="a job, its snapshots and its result expire this long after it ends (its objects with it)")
     blob_store: str = Field(
         ".nst/blobs",
         description="where uploads, results and checkpoints live: a directory (a path or file:///path) or "
@@ -110,8 +110,8 @@ class Settings(BaseSettings):
     max_stored_bytes_per_key: int = Field(
         1_000_000_000,
         ge=1,
-        description="bytes one API key's jobs (without keys: everyone's) may hold in Redis: uploads until the "
-        "job ends, snapshots and results until they expire; past it, 429",
+        description="bytes one API key's jobs (without keys: everyone's) may hold: uploads until the job "
+        "ends, snapshots and results until they expire; past it, 429",
     )
     memory_budget_bytes: int | None = Field(
         None,
