@@ -28,7 +28,12 @@ def add_commands(commands: argparse._SubParsersAction) -> None:  # type: ignore[
     )
     up.add_argument("--host", default="127.0.0.1")
     up.add_argument("--port", type=int, default=8000)
-    up.add_argument("--data-dir", default=".nst", help="where the local Redis keeps its append-only file")
+    up.add_argument(
+        "--data-dir",
+        default=".nst",
+        help="where the local Redis keeps its append-only file (redis/) and, unless NST_BLOB_STORE is set, "
+        "the uploads, results and checkpoints (blobs/)",
+    )
     up.add_argument(
         "--workers", type=int, default=None, help="job workers to run (default: one per visible GPU, else one)"
     )

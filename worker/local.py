@@ -47,12 +47,17 @@ def free_port(preferred: int | None = None) -> int:
     raise RuntimeError("no free port")
 
 
-def redis_command(port: int, data_dir: Path) -> list[str]:
-    """redis-server on 127.0.0.1:port with the append-only file on, so a restart loses nothing."""
-    return [
+def redis_command(port: int, data_dir: Path, maxmemory: str | None = None) -> list[str]:
+    """redis-server on 127.0.0.1:port with the append-only file on, so a restart loses nothing.
+    With `maxmemory` (`1gb`), Redis refuses writes past it instead of evicting (noeviction): a job's
+    state is never dropped to make room, and the API refuses submissions before it gets there."""
+    command = [
         redis_server_binary(), "--port", str(port), "--bind", "127.0.0.1", "--dir", str(data_dir.resolve()),
         "--appendonly", "yes", "--appendfsync", "everysec", "--save", "", "--protected-mode", "yes",
     ]  # fmt: skip
+    if maxmemory is not None:
+        command += ["--maxmemory", maxmemory, "--maxmemory-policy", "noeviction"]
+    return command
 
 
 def start_redis(port: int, data_dir: Path, log_file: Path | None = None) -> subprocess.Popen[bytes]:
@@ -131,16 +136,20 @@ def worker_devices(workers: int | None, gpus: int, env: dict[str, str]) -> list[
 def run_everything(host: str, port: int, data_dir: str, stream: TextIO, workers: int | None = None) -> None:
     """Redis (unless NST_REDIS_URL is set), the workers and the API, kept running until Ctrl-C or
     SIGTERM: a child that exits is started again after a back-off (worker/supervisor.py)."""
+    from jobs.settings import Settings
     from worker.supervisor import Child, Supervisor, visible_gpu_count
 
     env = dict(os.environ)
+    # Pictures under the data dir, beside Redis's files; absolute, as every child has its own cwd.
+    env.setdefault("NST_BLOB_STORE", str((Path(data_dir) / "blobs").resolve()))
     children: list[Child] = []
     redis_child = None
     if "NST_REDIS_URL" not in env:
         redis_port = free_port(6379)
         redis_dir = (Path(data_dir) / "redis").resolve()
         redis_dir.mkdir(parents=True, exist_ok=True)
-        redis_child = Child("redis-server", redis_command(redis_port, redis_dir), env, stop_order=2)
+        command = redis_command(redis_port, redis_dir, Settings().redis_maxmemory)
+        redis_child = Child("redis-server", command, env, stop_order=2)
         env["NST_REDIS_URL"] = f"redis://127.0.0.1:{redis_port}/0"
     api = Child("nst api", nst_command("api", "--host", host, "--port", str(port)), env)
     # Webhook deliveries: a light worker of their own, so a slow receiver never holds a GPU job.
@@ -232,8 +241,10 @@ def banner(host: str, port: int, env: dict[str, str], workers: int) -> str:
     with contextlib.suppress(ValueError):
         scripts = scripts.relative_to(Path.cwd())
     return (
-        f"\nneural-style-service is up\n  API:     {url}  (docs: {url}/docs)\n  Redis:   {env['NST_REDIS_URL']}\n"
-        f"  Workers: {workers}\n"
-        f"  CLI:     {scripts}/nst (or `. {scripts}/activate`, then `nst`)\n"
+        f"\nneural-style-service is up\n  API:      {url}  (docs: {url}/docs)\n"
+        f"  Redis:    {env['NST_REDIS_URL']}  (job state, events, snapshots)\n"
+        f"  Pictures: {env.get('NST_BLOB_STORE', '.nst/blobs')}  (uploads, results, checkpoints)\n"
+        f"  Workers:  {workers}\n"
+        f"  CLI:      {scripts}/nst (or `. {scripts}/activate`, then `nst`)\n"
         f"  Try:\n{example}\n  Ctrl-C stops everything.\n\n"
     )

@@ -15,6 +15,7 @@ from pathlib import Path
 
 import httpx
 import pytest
+import yaml
 
 from jobs.settings import Settings
 from jobs.store import JobStore
@@ -96,6 +97,35 @@ def test_compose_file_is_valid_and_reserves_a_gpu_per_worker() -> None:
     assert "appendonly" in config and "service_healthy" in config and "Dockerfile.worker" in config
     assert "webhooks" in config  # the deliverer of webhooks runs beside the API
     assert "host_ip: 127.0.0.1" in config or "127.0.0.1:8000:8000" in config  # published on loopback only
+
+
+def test_compose_keeps_pictures_in_minio_and_bounds_redis() -> None:
+    """Redis holds state under a maxmemory it never evicts from; the pictures go to MinIO's bucket,
+    which a one-shot service creates before the API, the deliverer and the workers start."""
+    if shutil.which("docker-compose") is None:
+        pytest.skip("docker-compose is not installed")
+    done = subprocess.run(
+        ["docker-compose", "-f", str(ROOT / "docker-compose.yml"), "config"],
+        capture_output=True, text=True, env=os.environ | {"NST_REDIS_MAXMEMORY": "3gb"},
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    services = yaml.safe_load(done.stdout)["services"]
+    redis_args = services["redis"]["command"]
+    assert redis_args[redis_args.index("--maxmemory") + 1] == "3gb"
+    assert redis_args[redis_args.index("--maxmemory-policy") + 1] == "noeviction"
+    assert services["minio"]["image"].startswith("minio/minio") and services["minio"]["healthcheck"]["test"]
+    assert any(volume.endswith(":/data:rw") or volume.endswith(":/data") for volume in services["minio"]["volumes"])
+    bucket = services["minio-bucket"]
+    script = " ".join(bucket["command"])
+    assert bucket["image"].startswith("minio/mc") and "mc alias set" in script and "mc mb --ignore-existing" in script
+    for name in ("api", "webhooks", "worker-gpu0"):
+        env, needs = services[name]["environment"], services[name]["depends_on"]
+        assert env["NST_BLOB_STORE"].startswith("s3://") and env["AWS_ENDPOINT_URL"] == "http://minio:9000", name
+        assert env["AWS_ACCESS_KEY_ID"] == services["minio"]["environment"]["MINIO_ROOT_USER"], name
+        assert env["AWS_SECRET_ACCESS_KEY"] == services["minio"]["environment"]["MINIO_ROOT_PASSWORD"], name
+        assert needs["minio"]["condition"] == "service_healthy", name
+        assert needs["minio-bucket"]["condition"] == "service_completed_successfully", name
+    assert "NST_API_PROCESSES" in services["api"]["environment"]
 
 
 @pytest.mark.service  # `nst api` and `nst webhooks`, installed as the image does

@@ -208,25 +208,50 @@ def test_the_api_never_imports_torch() -> None:
 
 @pytest.mark.service  # a stack of its own, under `nst up`
 def test_nst_up_runs_everything_and_stops_it_all_on_sigterm(tmp_path: Path) -> None:
+    """Its Redis refuses writes past NST_REDIS_MAXMEMORY instead of evicting job state, and the
+    pictures go to <data dir>/blobs unless NST_BLOB_STORE says otherwise."""
     import os
+    import re
     import signal
+
+    import redis
 
     from worker.local import free_port, nst_command, wait_for_http
 
     port = free_port()
     env = os.environ | {"NST_VGG_WEIGHTS": "random", "NST_DEVICE": "cpu", "NST_WORKER_HEARTBEAT_SECONDS": "1"}
+    env |= {"NST_REDIS_MAXMEMORY": "300mb"}
     env.pop("NST_REDIS_URL", None)
+    env.pop("NST_BLOB_STORE", None)
     up = subprocess.Popen(
         nst_command("up", "--port", str(port), "--data-dir", str(tmp_path / "data")),
         env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True,
     )  # fmt: skip
+    blobs = (tmp_path / "data" / "blobs").resolve()
     try:
+        assert up.stdout is not None
+        banner = ""
+        for line in up.stdout:  # until the banner's last line (or nst up's end)
+            banner += line
+            if "Ctrl-C stops everything" in line:
+                break
+        assert f"Pictures: {blobs}" in banner, banner
+        redis_url = re.search(r"redis://127\.0\.0\.1:\d+/0", banner)
+        assert redis_url is not None, banner
+        client = redis.Redis.from_url(redis_url[0])
+        assert client.config_get("maxmemory") == {"maxmemory": str(300 * 1024 * 1024)}
+        assert client.config_get("maxmemory-policy") == {"maxmemory-policy": "noeviction"}
         wait_for_http(f"http://127.0.0.1:{port}/readyz", up, timeout=HANG)
         with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=30) as http:
             job = submit(http, COFFEE, [STARRY], {"iterations": 2, "height": 16, "width": 16}).json()
             assert poll(http, job["id"], is_final)["status"] == "succeeded"
+            # The result is a file of the blob directory, and its bytes are what the API serves.
+            stored = blobs / "jobs" / job["id"] / "result.png"
+            assert stored.is_file(), sorted(str(p.relative_to(blobs)) for p in blobs.rglob("*"))
+            assert http.get(f"/jobs/{job['id']}/result").content == stored.read_bytes()
         up.send_signal(signal.SIGTERM)
         output, _ = up.communicate(timeout=HANG)
+        output = banner + output
     finally:
         if up.poll() is None:
             os.killpg(up.pid, signal.SIGKILL)
