@@ -23,6 +23,12 @@ OPENAPI_31_URL = "/openapi-3.1.json"
 
 PROBLEM_REF = {"$ref": "#/components/schemas/Problem"}
 RETRY_AFTER = {"Retry-After": {"description": "seconds to wait before trying again", "schema": {"type": "integer"}}}
+UNSATISFIED_RANGE = {
+    "Content-Range": {
+        "description": "`bytes */SIZE`: the image's size in bytes",
+        "schema": {"type": "string", "pattern": r"^bytes \*/\d+$"},
+    }
+}
 
 # Said once for every route that reads Redis.
 UNAVAILABLE = "the job store is not answering (Redis restarting); see Retry-After"
@@ -41,6 +47,8 @@ def problems(**described: str) -> dict[Any, dict[str, Any]]:
         }
         if status in (429, 503):
             response["headers"] = RETRY_AFTER
+        elif status == 416:
+            response["headers"] = UNSATISFIED_RANGE
         responses[status] = response
     return responses
 
@@ -48,15 +56,84 @@ def problems(**described: str) -> dict[Any, dict[str, Any]]:
 OCTET_STREAM = "application/octet-stream"
 
 
+def _header(description: str, schema: dict[str, Any]) -> dict[str, Any]:
+    return {"description": description, "schema": schema}
+
+
+# What every image answer says about itself, so that a client can revalidate it and resume it.
+IMAGE_HEADERS = {
+    "ETag": _header("send it back in If-None-Match (304 while unchanged) or If-Range", {"type": "string"}),
+    "Accept-Ranges": _header("`bytes`: a Range header gets part of the image (206)", {"type": "string"}),
+    "Content-Length": _header("the bytes of the body", {"type": "integer", "minimum": 0}),
+}
+CONTENT_RANGE = {
+    "Content-Range": _header(
+        "`bytes FIRST-LAST/SIZE`: which bytes of the image the body is",
+        {"type": "string", "pattern": r"^bytes \d+-\d+/\d+$"},
+    )
+}
+# The request headers of a conditional or ranged GET of an image (api/byte_ranges.py).
+IMAGE_PARAMETERS: list[dict[str, Any]] = [
+    {
+        "name": "If-None-Match",
+        "in": "header",
+        "required": False,
+        "description": "an ETag this image answered with (or `*`): 304 instead of the bytes",
+        "schema": {"type": "string"},
+    },
+    {
+        "name": "Range",
+        "in": "header",
+        "required": False,
+        "description": "one byte range: `bytes=FIRST-LAST`, `bytes=FIRST-` or `bytes=-SUFFIX` (the last SUFFIX "
+        "bytes); 206 with those bytes, 416 when FIRST is past the end. A header that does not parse, or asks for "
+        "several ranges, gets the whole image (200).",
+        "schema": {"type": "string"},
+        "example": "bytes=0-65535",
+    },
+    {
+        "name": "If-Range",
+        "in": "header",
+        "required": False,
+        "description": "the ETag the first part came with: Range is honoured only while the image still has it "
+        "(otherwise 200, the whole image)",
+        "schema": {"type": "string"},
+    },
+]
+
+
 def binary(media_type: str, description: str, headers: dict[str, Any] | None = None) -> dict[str, Any]:
     """A 200 whose body is an image: `type: string, format: binary`, so generated clients keep the
     bytes. Also offered as application/octet-stream (`Accept: application/octet-stream` gets that
-    type), which generators that know no image types read as bytes."""
+    type), which generators that know no image types read as bytes. It declares the headers of a
+    ranged, conditional answer (ETag, Accept-Ranges, Content-Length) besides `headers`."""
     schema = {"schema": {"type": "string", "format": "binary"}}
-    response: dict[str, Any] = {"description": description, "content": {media_type: schema, OCTET_STREAM: schema}}
-    if headers:
-        response["headers"] = headers
-    return response
+    content = {media_type: schema, OCTET_STREAM: schema}
+    return {"description": description, "content": content, "headers": IMAGE_HEADERS | (headers or {})}
+
+
+def image_responses(media_type: str, description: str, headers: dict[str, Any] | None = None) -> dict[Any, Any]:
+    """An image's 200, its 206 (one byte range, api/byte_ranges.py) and its 304; a route adds its
+    416 through problems(e416=...)."""
+    whole = binary(media_type, description, headers)
+    part = whole | {
+        "description": "the bytes the Range header asked for",
+        "headers": whole["headers"] | CONTENT_RANGE,
+    }
+    unchanged = {
+        "description": "the image is the one in If-None-Match: no body",
+        "headers": {name: IMAGE_HEADERS[name] for name in ("ETag", "Accept-Ranges")} | (headers or {}),
+    }
+    return {200: whole, 206: part, 304: unchanged}
+
+
+REDIRECT = {
+    307: {
+        "description": "with NST_RESULT_REDIRECT_SECONDS and an S3 store: the result is at a signed URL, valid "
+        "that long; follow Location (without this service's Authorization header)",
+        "headers": {"Location": _header("the signed URL of the result", {"type": "string", "format": "uri"})},
+    }
+}
 
 
 def image_media_type(accept: str | None, media_type: str) -> str:

@@ -46,8 +46,8 @@ ERROR_CODES = {
     "list_jobs": {422, 503},
     "get_job": {404, 503},
     "cancel_job": {404, 409, 503},
-    "get_snapshot": {404, 503},
-    "get_result": {404, 409, 503},
+    "get_snapshot": {404, 416, 503},
+    "get_result": {404, 409, 416, 503},
     "job_events": {404, 503},
     "get_loss_history": {404, 503},
     "get_parameters": set(),
@@ -87,6 +87,13 @@ def test_images_are_binary_and_headers_and_timestamps_are_declared(document: dic
         content = paths[path]["get"]["responses"]["200"]["content"]
         assert content[media_type]["schema"] == {"type": "string", "format": "binary"}
     assert "X-Iteration" in paths["/jobs/{job_id}/snapshots/{iteration}"]["get"]["responses"]["200"]["headers"]
+    for path in images:  # conditional and ranged GETs (api/byte_ranges.py)
+        image = paths[path]["get"]
+        assert {"ETag", "Accept-Ranges", "Content-Length"} <= set(image["responses"]["200"]["headers"])
+        assert "Content-Range" in image["responses"]["206"]["headers"] and "304" in image["responses"]
+        assert "Content-Range" in image["responses"]["416"]["headers"]
+        assert {"if-none-match", "range", "if-range"} <= {p["name"].lower() for p in image["parameters"]}
+    assert "Location" in paths["/jobs/{job_id}/result"]["get"]["responses"]["307"]["headers"]
     assert "Location" in paths["/jobs"]["post"]["responses"]["202"]["headers"]
     assert "Retry-After" in paths["/jobs"]["post"]["responses"]["429"]["headers"]
     get_job = paths["/jobs/{job_id}"]["get"]
