@@ -80,9 +80,18 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         app.add_middleware(
             CORSMiddleware,
             allow_origins=settings.cors_origin_list,
-            allow_methods=["GET", "POST"],
+            allow_methods=["GET", "POST", "DELETE"],
             allow_headers=["*"],
-            expose_headers=["Location", "Retry-After", "X-Iteration", "ETag", "WWW-Authenticate"],
+            expose_headers=[
+                "Location",
+                "Retry-After",
+                "X-Iteration",
+                "ETag",
+                "WWW-Authenticate",
+                "Content-Range",
+                "Accept-Ranges",
+                "Content-Length",
+            ],
         )
     # Every file at its limit, plus room for the form's other fields and boundaries.
     app.add_middleware(BodySizeLimit, max_bytes=settings.max_upload_bytes * (settings.max_styles + 1) + 1_000_000)

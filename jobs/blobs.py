@@ -28,7 +28,7 @@ from obstore.exceptions import BaseError, NotFoundError
 from obstore.store import LocalStore, S3Store
 
 if TYPE_CHECKING:
-    from obstore import ObjectMeta
+    from obstore import Attributes, ObjectMeta
 
 JOBS_PREFIX = "jobs/"
 STREAM_CHUNK_BYTES = 256 * 1024  # what a streamed read hands out at a time
@@ -136,10 +136,12 @@ class BlobStore:
             )
 
     # -- sync (the worker, the API's submit and delete, the sweeper) ---------------------------
-    def put(self, path: str, data: bytes | BinaryIO) -> None:
-        """Store `data` (bytes, or a file read from where it stands, in parts for a large one)."""
+    def put(self, path: str, data: bytes | BinaryIO, content_type: str | None = None) -> None:
+        """Store `data` (bytes, or a file read from where it stands, in parts for a large one).
+        `content_type` is what a signed URL serves the object as (S3 keeps it with the object)."""
+        attributes: Attributes | None = {"Content-Type": content_type} if content_type and self.kind == "s3" else None
         try:
-            obstore.put(self._store, path, data)
+            obstore.put(self._store, path, data, attributes=attributes)
         except (BaseError, OSError) as exc:
             raise _failure("writing", path, exc) from exc
 
