@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -48,6 +49,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         await hub.stop()
         await app.state.reader.close()
         app.state.store.close()
+        # obstore's async calls finish on a Tokio thread that may still be handing a result back
+        # when the interpreter starts to finalize, and then aborts the process (SIGABRT; a known
+        # race of pyo3-async-runtimes, PyO3/pyo3-async-runtimes#40): give them a moment first.
+        await asyncio.sleep(0.2)
 
     app = FastAPI(
         title="neural-style-service",
