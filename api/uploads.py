@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import io
 import json
-from typing import Any
+import os
+from typing import IO, Any
 
 from PIL import Image
 from pydantic import ValidationError
@@ -18,21 +19,26 @@ from core.params import StyleParams
 from jobs.settings import Settings
 
 
-def read_upload(upload: UploadFile, field: str) -> bytes:
-    """The file's bytes; api.multipart already refused any over NST_MAX_UPLOAD_BYTES."""
-    data = upload.file.read()
-    if not data:
+def upload_size(upload: UploadFile, field: str) -> int:
+    """The file's size in bytes, read from its spooled file without reading it; api.multipart
+    already refused any over NST_MAX_UPLOAD_BYTES."""
+    upload.file.seek(0, os.SEEK_END)
+    size = upload.file.tell()
+    upload.file.seek(0)
+    if not size:
         raise file_problem("not-an-image", field, "the file is empty")
-    return data
+    return size
 
 
-def check_image(data: bytes, field: str, settings: Settings, budget: PixelBudget) -> tuple[int, int]:
-    """Decode the image as the worker will; its size is checked from the header first, so a
-    decompression bomb is refused before any pixel is decoded, and the decode waits for its
-    pixels in the process's budget. Returns (width, height) upright (EXIF orientation applied),
-    the size the job's working size and memory are planned from."""
+def check_image(source: bytes | IO[bytes], field: str, settings: Settings, budget: PixelBudget) -> tuple[int, int]:
+    """Decode the image (its bytes, or a file read from its start) as the worker will; its size is
+    checked from the header first, so a decompression bomb is refused before any pixel is decoded,
+    and the decode waits for its pixels in the process's budget. Returns (width, height) upright
+    (EXIF orientation applied), the size the job's working size and memory are planned from."""
+    if not isinstance(source, bytes):
+        source.seek(0)
     try:
-        with Image.open(io.BytesIO(data)) as header:
+        with Image.open(io.BytesIO(source) if isinstance(source, bytes) else source) as header:
             width, height = header.size
             image_format = header.format
             progressive = bool(header.info.get("progressive") or header.info.get("progression"))
@@ -46,7 +52,7 @@ def check_image(data: bytes, field: str, settings: Settings, budget: PixelBudget
         raise file_problem("too-many-pixels", field, message)
     with budget.hold(decoded_pixels(width, height, image_format, progressive)):
         try:
-            return check_decodes(data)  # after EXIF rotation, as the worker sees it
+            return check_decodes(source)  # after EXIF rotation, as the worker sees it
         except InvalidImageError as exc:
             raise file_problem("not-an-image", field, "the image cannot be decoded") from exc
 

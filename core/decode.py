@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 import struct
 from pathlib import Path
+from typing import IO
 
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
@@ -40,13 +41,16 @@ def open_image(source: str | Path | bytes) -> Image.Image:
 JPEG_CHECK_SCALE = 8  # check_decodes reads a JPEG's every byte but keeps an eighth of each side
 
 
-def check_decodes(data: bytes) -> Size:
+def check_decodes(data: bytes | IO[bytes]) -> Size:
     """Decode the file's first frame without keeping or converting it, as a check that the
     worker can; returns its upright (width, height) (EXIF orientation applied). A JPEG is decoded
     at 1/8 scale: every byte of it is still read and checked, in a sixty-fourth of the memory.
-    InvalidImageError if it does not decode."""
+    InvalidImageError if it does not decode. `data` may be an open file (read from its start),
+    so that an upload spooled to disk is never all in memory."""
+    if not isinstance(data, bytes):
+        data.seek(0)
     try:
-        with Image.open(io.BytesIO(data)) as img:
+        with Image.open(io.BytesIO(data) if isinstance(data, bytes) else data) as img:
             if getattr(img, "n_frames", 1) > 1:
                 img.seek(0)
             width, height = img.size

@@ -24,6 +24,9 @@ WORKERS_KEY = f"{PREFIX}:workers"  # sorted set: worker name -> last heartbeat (
 RUNNING_KEY = f"{PREFIX}:running"  # set: ids of running jobs, each held by a lease
 # hash: worker name -> JSON of what it reports with its heartbeat (device, precision, memory budget)
 WORKER_INFO_KEY = f"{PREFIX}:worker-info"
+# Taken (SET NX EX) by the worker that sweeps the blob store; it lapses after one sweep interval,
+# so one worker of a cluster sweeps each interval (worker/sweeper.py).
+SWEEP_LOCK_KEY = f"{PREFIX}:sweep-lock"
 
 # Fair sharing between tenants (jobs/fair_queue.py). A tenant is an API key's id, or OPEN_TENANT
 # for every job of a service without keys. Each tenant has its own queue of job ids; a worker
@@ -126,6 +129,20 @@ def held_until_key(tenant: str) -> str:
     return f"{PREFIX}:tenant:{tenant}:held:until"
 
 
+# The events a job's webhook may be sent (jobs/webhooks.py's WebhookEvent), each with its guard key.
+WEBHOOK_EVENTS = ("started", "snapshot", "completed")
+
+
+def job_keys(job_id: str) -> list[str]:
+    """Every key of one job whose name its id alone gives (its styles' and snapshots' need its
+    record): what deleting the job removes besides those."""
+    return [
+        job_key(job_id), events_key(job_id), losses_key(job_id), content_key(job_id), result_key(job_id),
+        checkpoint_key(job_id), cancel_key(job_id), lease_key(job_id), completions_key(job_id),
+        *(webhook_sent_key(job_id, event) for event in WEBHOOK_EVENTS),
+    ]  # fmt: skip
+
+
 def lua_layout() -> str:
     """The key layout as `string.format` templates, for Lua scripts that find keys of a job or a
     tenant they learn only inside the script (the next job of the fair queue, a job's tenant).
@@ -139,6 +156,9 @@ def lua_layout() -> str:
         "events": events_key("%s"),
         "content": content_key("%s"),
         "style": style_key("%s", 0).removesuffix("0") + "%d",
+        "snapshot": snapshot_key("%s", 0).removesuffix("0") + "%d",
+        "owner_jobs": owner_jobs_key("%s"),
+        "active": owner_active_key("%s"),
         "tenant_queue": tenant_queue_key("%s"),
         "held_total": held_total_key("%s"),
         "held_jobs": held_jobs_key("%s"),

@@ -17,7 +17,9 @@ class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="NST_", extra="ignore")
 
     redis_url: str = Field("redis://127.0.0.1:6379/0", description="broker, job state, events and snapshots")
-    job_ttl_seconds: int = Field(86_400, ge=60, description="a job, its snapshots and its result expire this long after it ends (its objects with it)")
+    job_ttl_seconds: int = Field(
+        86_400, ge=60, description="a job, its snapshots and its result expire this long after it ends (objects too)"
+    )
     blob_store: str = Field(
         ".nst/blobs",
         description="where uploads, results and checkpoints live: a directory (a path or file:///path) or "

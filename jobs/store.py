@@ -11,12 +11,14 @@ from __future__ import annotations
 
 import json
 import logging
+from collections.abc import Sequence
 from typing import Any, cast
 
 import redis
 from redis.typing import EncodableT
 
 from jobs import scripts, telemetry
+from jobs.blobs import BlobStore, checkpoint_path, input_paths
 from jobs.fair_queue import QUEUE_POSITION
 from jobs.keys import (
     EVENTS_MAXLEN,
@@ -26,6 +28,7 @@ from jobs.keys import (
     SEQUENCE_KEY,
     SERVE_COUNTER_KEY,
     SERVED_KEY,
+    SWEEP_LOCK_KEY,
     TENANTS_KEY,
     cancel_key,
     checkpoint_key,
@@ -33,6 +36,7 @@ from jobs.keys import (
     content_key,
     events_key,
     job_key,
+    job_keys,
     lease_key,
     losses_key,
     lua_layout,
@@ -57,6 +61,10 @@ _CANCEL = scripts.load("cancel")
 _ADOPT = scripts.load("adopt")
 _DEQUEUE = scripts.load("dequeue")
 _PUBLISH = scripts.load("publish")
+_DELETE = scripts.load("delete")
+# How long a deleted running job's cancel flag stays: its run sees it (or the job gone) within a
+# second; the flag outlives that by far, and is gone long before the job's other keys would be.
+DELETED_FLAG_SECONDS = 300
 
 
 def status_event(status: str, **extra: Any) -> str:
@@ -78,6 +86,7 @@ class JobStore:
         self._publish = _PUBLISH.register(client)
         self._dequeue = _DEQUEUE.register(client)
         self._adopt = _ADOPT.register(client)
+        self._delete = _DELETE.register(client)
         self._position = QUEUE_POSITION.register(client)
         self.layout = lua_layout()
 
@@ -98,20 +107,29 @@ class JobStore:
         return cls(client, ttl_seconds)
 
     # -- submission ------------------------------------------------------------------------
-    def create(self, record: JobRecord, content: bytes, styles: list[bytes]) -> JobRecord:
-        """Store a new queued job and its inputs in one transaction."""
+    def create(self, record: JobRecord, content: bytes = b"", styles: Sequence[bytes] = ()) -> JobRecord:
+        """Store a new queued job in one transaction. A job whose inputs are in the blob store
+        (`record.blobs`: stored there before, `record.style_count` and `record.input_bytes` set)
+        keeps no byte of them here; any other (tests, tools) has `content` and `styles` stored
+        in Redis, as the previous version did."""
         sequence = int(self.redis.incr(SEQUENCE_KEY))
-        input_bytes = len(content) + sum(len(style) for style in styles)
-        update = {"sequence": sequence, "style_count": len(styles), "input_bytes": input_bytes}
+        update: dict[str, Any] = {"sequence": sequence}
+        if record.blobs:
+            if content or styles:
+                raise ValueError("a job whose inputs are in the blob store takes no input bytes")
+        else:
+            input_bytes = len(content) + sum(len(style) for style in styles)
+            update |= {"style_count": len(styles), "input_bytes": input_bytes}
         record = record.model_copy(update=update)
         tenant = tenant_of(record.owner)
         pipe = self.redis.pipeline(transaction=True)
         fields = dict[EncodableT, EncodableT](record.to_redis().items())  # hset's mapping is invariant in its keys
         pipe.hset(job_key(record.id), mapping=fields)
         pipe.expire(job_key(record.id), self.ttl)
-        pipe.set(content_key(record.id), content, ex=self.ttl)
-        for index, style in enumerate(styles):
-            pipe.set(style_key(record.id, index), style, ex=self.ttl)
+        if not record.blobs:
+            pipe.set(content_key(record.id), content, ex=self.ttl)
+            for index, style in enumerate(styles):
+                pipe.set(style_key(record.id, index), style, ex=self.ttl)
         pipe.zadd(QUEUE_KEY, {record.id: sequence})
         pipe.zadd(tenant_queue_key(tenant), {record.id: sequence})
         pipe.zadd(TENANTS_KEY, {tenant: sequence}, lt=True)  # its score: its oldest queued job
@@ -130,17 +148,26 @@ class JobStore:
     def queued_count(self) -> int:
         return int(self.redis.zcard(QUEUE_KEY))
 
-    def forget(self, job_id: str, style_count: int, owner: str | None = None) -> None:
-        """Remove a job that could not be queued (the broker refused it)."""
-        self._dequeue(keys={"queue": QUEUE_KEY}, args={"job": job_id, "layout": self.layout})
-        keys = [job_key(job_id), content_key(job_id), *(style_key(job_id, i) for i in range(style_count))]
-        keys.append(events_key(job_id))
-        pipe = self.redis.pipeline(transaction=True)
-        pipe.delete(*keys)
-        pipe.zrem(JOBS_KEY, job_id)
-        if owner is not None:
-            pipe.zrem(owner_jobs_key(owner), job_id)
-        pipe.execute()
+    def forget(self, job_id: str, style_count: int = 0, owner: str | None = None) -> None:
+        """Remove a job that could not be queued (the broker refused it). The record names its
+        styles and owner: the arguments are kept for callers of the previous version."""
+        self.delete(job_id)
+
+    def delete(self, job_id: str) -> bool:
+        """Remove a job and everything Redis holds of it, in one script (jobs/lua/delete.lua): out
+        of the queues, the listings and its tenant's figures; a running one is told to stop.
+        Its objects in the blob store are the caller's to remove. False if there was no job."""
+        keys = {
+            "job": job_key(job_id), "queue": QUEUE_KEY, "jobs": JOBS_KEY, "running": RUNNING_KEY,
+            "cancel": cancel_key(job_id),
+        }  # fmt: skip
+        args: dict[str, scripts.Value] = {
+            "job": job_id,
+            "keys": json.dumps(job_keys(job_id)),
+            "flag_seconds": DELETED_FLAG_SECONDS,
+            "layout": self.layout,
+        }
+        return bool(self._delete(keys=keys, args=args))
 
     # -- reading ---------------------------------------------------------------------------
     def get(self, job_id: str) -> JobRecord | None:
@@ -154,9 +181,16 @@ class JobStore:
         )
         return None if ahead is None else int(ahead) + 1
 
-    def inputs(self, job_id: str, style_count: int) -> tuple[bytes, list[bytes]] | None:
-        keys = [content_key(job_id), *(style_key(job_id, i) for i in range(style_count))]
-        values = cast(list[bytes | None], self.redis.mget(keys))  # bytes: the client decodes nothing
+    def inputs(self, job_id: str, style_count: int, blobs: BlobStore | None = None) -> tuple[bytes, list[bytes]] | None:
+        """The job's content and styles, from `blobs` for a job whose files are there (its record's
+        `blobs`), else from Redis (a job an earlier version queued); None if one is missing.
+        The blob store's BlobError goes to the caller (it retries)."""
+        values: list[bytes | None]
+        if blobs is not None:
+            values = [blobs.get(path) for path in input_paths(job_id, style_count)]
+        else:
+            keys = [content_key(job_id), *(style_key(job_id, i) for i in range(style_count))]
+            values = cast(list[bytes | None], self.redis.mget(keys))  # bytes: the client decodes nothing
         present = [value for value in values if value is not None]
         if len(present) != len(values):
             return None
@@ -170,12 +204,14 @@ class JobStore:
         run_token: str | None = None,
         also: telemetry.Commands | None = None,
         result: bytes | None = None,
+        result_bytes: int = 0,
     ) -> tuple[bool, str | None]:
         """Apply `fields` only if the job's status is in `allowed` (and, given `run_token`, the
         job is still held by that run); returns (applied, old status). A new status is reported
         in the job's event stream; `also`'s commands run in the same script, only if it applies.
         A final status deletes the job's inputs there and then (nothing can run it again), stores
-        `result`, and what the job holds for its tenant becomes its snapshots and its result."""
+        `result`, and what the job holds for its tenant becomes its snapshots and its result (the
+        size of `result`, or `result_bytes` for a result kept in the blob store)."""
         keys = {"job": job_key(job_id), "events": events_key(job_id), "result": result_key(job_id)}
         args: dict[str, scripts.Value] = {
             "allowed": json.dumps(allowed),
@@ -187,6 +223,7 @@ class JobStore:
             "commands": json.dumps(also.commands) if also is not None and also.commands else None,
             "ending": job_id if fields.get("status") in TERMINAL else None,
             "result": result or None,  # no bytes, no result (as before: an empty image stores nothing)
+            "result_bytes": len(result) if result else result_bytes,
             "layout": self.layout,
         }
         applied, old = self._transition(keys=keys, args=args)
@@ -289,14 +326,33 @@ class JobStore:
             bool(canceled),
         )
 
-    def save_checkpoint(self, job_id: str, data: bytes) -> None:
-        self.redis.set(checkpoint_key(job_id), data, ex=self.ttl)
+    def save_checkpoint(self, job_id: str, data: bytes, blobs: BlobStore | None = None) -> None:
+        """In `blobs` for a job whose files are there, else in Redis (a job of an earlier version)."""
+        if blobs is not None:
+            blobs.put(checkpoint_path(job_id), data)
+        else:
+            self.redis.set(checkpoint_key(job_id), data, ex=self.ttl)
 
-    def checkpoint(self, job_id: str) -> bytes | None:
+    def checkpoint(self, job_id: str, blobs: BlobStore | None = None) -> bytes | None:
+        if blobs is not None:
+            return blobs.get(checkpoint_path(job_id))
         return cast(bytes | None, self.redis.get(checkpoint_key(job_id)))  # bytes: the client decodes nothing
 
     def completions(self, job_id: str) -> int:
         return int(self.redis.get(completions_key(job_id)) or 0)
+
+    # -- the blob store's sweeper (worker/sweeper.py) ----------------------------------------
+    def statuses(self, job_ids: list[str]) -> dict[str, str | None]:
+        """Each job's status in one round trip; None for a job whose record is gone (expired, deleted)."""
+        pipe = self.redis.pipeline(transaction=False)
+        for job_id in job_ids:
+            pipe.hget(job_key(job_id), "status")
+        values = cast(list[bytes | None], pipe.execute())  # bytes: the client decodes nothing
+        return {job_id: decode_value(value) if value else None for job_id, value in zip(job_ids, values, strict=True)}
+
+    def take_sweep_lock(self, owner: str, seconds: float) -> bool:
+        """True for the one caller that may sweep for the next `seconds` (the lock lapses by itself)."""
+        return bool(self.redis.set(SWEEP_LOCK_KEY, owner, nx=True, px=max(1, int(seconds * 1000))))
 
     def publish(
         self,
@@ -344,9 +400,12 @@ class JobStore:
         fields: dict[str, Any],
         run_token: str | None = None,
         result_png: bytes | None = None,
+        result_bytes: int = 0,
     ) -> bool:
         """Running -> a final status (with the result, if any, stored in the same script), only for
-        the run holding the job; False if it was no longer running or another run holds it now."""
+        the run holding the job; False if it was no longer running or another run holds it now, or
+        it is gone (deleted). `result_bytes`: the size of a result the run stored in the blob store
+        (no bytes of it in Redis), counted in what the job holds for its tenant."""
         started_at = self.redis.hget(job_key(job_id), "started_at")  # read first: a retry then changes nothing
         final = {**fields, "status": status, "finished_at": utc_now(), "run_token": None, "finished_by": run_token}
         # The counters change in the transition's own script: counted once, even if this run
@@ -356,7 +415,9 @@ class JobStore:
             counters.incr(completions_key(job_id))
             counters.expire(completions_key(job_id), self.ttl)
         telemetry.record_job_final(counters, status, telemetry.seconds_since(started_at))
-        applied, _ = self.transition(job_id, ["running"], final, run_token, also=counters, result=result_png)
+        applied, _ = self.transition(
+            job_id, ["running"], final, run_token, also=counters, result=result_png, result_bytes=result_bytes
+        )
         if not applied and run_token is not None:
             # This very finish may have been applied already: a reply lost, the call made again.
             applied = self.redis.hget(job_key(job_id), "finished_by") == json.dumps(run_token).encode()

@@ -1,12 +1,14 @@
-"""The job resource: submit, read, list and cancel."""
+"""The job resource: submit, read, list, cancel and delete."""
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import logging
 from typing import Annotated, Any
 
 import orjson
+import redis
 from celery import Celery
 from fastapi import APIRouter, Query, Request
 from fastapi.responses import Response
@@ -17,14 +19,17 @@ from starlette.datastructures import UploadFile
 from api.admission import admit
 from api.auth import CallerDep, authenticate
 from api.decode_budget import PixelBudget
-from api.deps import CeleryDep, ReaderDep, SettingsDep, StoreDep
+from api.deps import BlobsDep, CeleryDep, ReaderDep, SettingsDep, StoreDep
 from api.direct_route import DirectRoute
 from api.multipart import form_files, form_text, read_job_form
 from api.openapi import SUBMIT_BODY, UNAVAILABLE, job_links, problems
 from api.problems import Problem, not_found, validation_problem
+from api.redis_room import check_redis_room
 from api.schemas import JobList
-from api.uploads import check_image, parse_params, read_upload
+from api.upload_gate import upload_slot
+from api.uploads import check_image, parse_params, upload_size
 from api.webhook_form import WebhookRequest, check_webhook, read_webhook_fields
+from jobs.blobs import BlobError, BlobStore, StoreFull, content_path, style_path
 from jobs.queue import send_turn
 from jobs.reader import JobReader
 from jobs.record import JobRecord, is_job_id, new_job_id, utc_now
@@ -76,12 +81,14 @@ def view_of(record: JobRecord, store: JobStore) -> dict[str, Any]:
         e422="a missing or unknown field, invalid parameters (`errors` lists each), or a job too large for the "
         "memory of every live worker (`too-much-memory`)",
         e429="too many queued jobs; see Retry-After",
-        e503=UNAVAILABLE,
+        e503=f"{UNAVAILABLE}; or Redis is past its high-water mark (`service-full`), or the blob store did not take "
+        "the uploads (`storage-unavailable`): nothing was stored",
+        e507="the blob store has no room for the uploads (`storage-full`): nothing was stored",
     ),
     openapi_extra={"requestBody": SUBMIT_BODY},
 )
 async def submit_job(
-    request: Request, store: StoreDep, settings: SettingsDep, celery: CeleryDep, caller: CallerDep
+    request: Request, store: StoreDep, settings: SettingsDep, celery: CeleryDep, blobs: BlobsDep, caller: CallerDep
 ) -> Response:
     """Queue a style transfer job; answers 202 with the job and its URL in Location."""
     limits: TenantLimits = request.app.state.tenant_limits
@@ -90,6 +97,24 @@ async def submit_job(
     refusal = await run_in_threadpool(limits.check, tenant_of(caller))
     if refusal is not None:
         raise limit_problem(refusal, limits.limits, caller is not None)
+    # A few submissions of this process at a time are read, checked and stored; the rest wait
+    # here, their bodies unread, so that polls and event streams are served meanwhile.
+    async with upload_slot(request):
+        record = await read_and_accept(request, store, settings, celery, blobs, caller, limits)
+    job = await run_in_threadpool(view_of, record, store)
+    return json_response(job, 202, {"Location": job_url(record.id)})
+
+
+async def read_and_accept(
+    request: Request,
+    store: JobStore,
+    settings: Settings,
+    celery: Celery,
+    blobs: BlobStore,
+    caller: str | None,
+    limits: TenantLimits,
+) -> JobRecord:
+    """The form read and checked, its files stored and the job queued (submit_job's upload slot)."""
     form = await read_job_form(request, settings)
     try:
         contents = form_files(form, "content")
@@ -106,7 +131,7 @@ async def submit_job(
             raise Problem("too-many-parts", f"at most {settings.max_styles} style images per job")
         # Decoding and Redis are blocking work: off the event loop.
         budget = request.app.state.decode_budget
-        record = await run_in_threadpool(
+        return await run_in_threadpool(
             accept_job,
             store,
             settings,
@@ -118,11 +143,10 @@ async def submit_job(
             owner=caller,
             budget=budget,
             limits=limits,
+            blobs=blobs,
         )
-        job = await run_in_threadpool(view_of, record, store)
     finally:
         await form.close()
-    return json_response(job, 202, {"Location": job_url(record.id)})
 
 
 def accept_job(
@@ -136,57 +160,99 @@ def accept_job(
     owner: str | None = None,
     budget: PixelBudget | None = None,
     limits: TenantLimits | None = None,
+    blobs: BlobStore | None = None,
 ) -> JobRecord:
-    """Check everything, store the job and its inputs, then queue it; nothing is kept on error.
-    `owner`: the id of the caller's API key (None without keys), to whom the job belongs."""
+    """Check everything, store the uploads in the blob store and the job in Redis, then queue it;
+    nothing is kept on error, objects included. `owner`: the id of the caller's API key (None
+    without keys), to whom the job belongs."""
     budget = budget or PixelBudget(settings.decode_pixel_budget, settings.decode_wait_seconds)
     limits = limits or tenant_limits(store, settings)
+    blobs = blobs or BlobStore(settings.blob_store, settings.blob_min_free_bytes)
     job_params = parse_params(params, len(styles), settings)
     webhook = check_webhook(hook or WebhookRequest(), settings)
-    content_bytes, (width, height), style_bytes = read_images(content, styles, settings, budget)
+    sizes, (width, height) = check_images(content, styles, settings, budget)
     admit(store.worker_registry(settings.worker_heartbeat_seconds).live().values(), job_params, (height, width))
     if store.queued_count() >= settings.max_queued_jobs:
         raise Problem("queue-full", "the queue is full; try again later", headers={"Retry-After": "30"})
+    input_bytes = sum(sizes)
+    # Room in Redis and in the store is checked before anything is written, the tenant's limits too.
+    check_redis_room(store.redis, settings.redis_high_water)
+    try:
+        blobs.check_room(input_bytes)
+    except StoreFull as exc:
+        raise Problem("storage-full", f"{exc}; nothing was stored") from exc
     record = JobRecord(
         id=new_job_id(),
         created_at=utc_now(),
         params=job_params.model_dump(),
         style_count=len(styles),
         owner=owner,
+        input_bytes=input_bytes,
+        blobs=True,
         **webhook,
     )
     tenant = tenant_of(owner)
-    refusal = limits.admit(tenant, record.id, len(content_bytes) + sum(len(style) for style in style_bytes))
+    refusal = limits.admit(tenant, record.id, input_bytes)
     if refusal is not None:
         raise limit_problem(refusal, limits.limits, owner is not None)
     try:
-        record = store.create(record, content_bytes, style_bytes)
+        store_inputs(blobs, record.id, content, styles)
+        record = store.create(record)
     except BaseException:
+        # A create whose reply was lost may have been applied: remove the job too, or a worker
+        # would take it and find no inputs.
+        with contextlib.suppress(redis.RedisError):
+            store.forget(record.id)
+        remove_objects(blobs, record.id)
         limits.release(tenant, record.id)
         raise
     try:
         send_turn(celery, record.id)
     except OperationalError as exc:
-        store.forget(record.id, record.style_count, owner)
+        store.forget(record.id)
+        remove_objects(blobs, record.id)
         limits.release(tenant, record.id)
         log.error("could not queue job %s: %s", record.id, exc)
         raise Problem("unavailable", "the job queue is not answering; try again", headers={"Retry-After": "5"}) from exc
     return record
 
 
-def read_images(
+def check_images(
     content: UploadFile, styles: list[UploadFile], settings: Settings, budget: PixelBudget
-) -> tuple[bytes, tuple[int, int], list[bytes]]:
-    """The uploads' bytes, each checked to be an image within the limits; and the content's size."""
-    content_bytes = read_upload(content, "content")
-    size = check_image(content_bytes, "content", settings, budget)
-    style_bytes = []
+) -> tuple[list[int], tuple[int, int]]:
+    """Each upload checked to be an image within the limits, from its spooled file; their sizes in
+    bytes (the content's first), and the content's (width, height)."""
+    sizes = [upload_size(content, "content")]
+    size = check_image(content.file, "content", settings, budget)
     for index, upload in enumerate(styles):
         field = "style" if len(styles) == 1 else f"style[{index}]"
-        data = read_upload(upload, field)
-        check_image(data, field, settings, budget)
-        style_bytes.append(data)
-    return content_bytes, size, style_bytes
+        sizes.append(upload_size(upload, field))
+        check_image(upload.file, field, settings, budget)
+    return sizes, size
+
+
+def store_inputs(blobs: BlobStore, job_id: str, content: UploadFile, styles: list[UploadFile]) -> None:
+    """Each upload into the blob store, streamed from its spooled file a part at a time."""
+    uploads = [(content_path(job_id), content), *((style_path(job_id, i), style) for i, style in enumerate(styles))]
+    try:
+        for path, upload in uploads:
+            upload.file.seek(0)
+            blobs.put(path, upload.file)
+    except StoreFull as exc:
+        raise Problem("storage-full", f"{exc}; nothing was kept") from exc
+    except BlobError as exc:
+        log.error("job %s: the blob store did not take its uploads: %s", job_id, exc)
+        detail = "the blob store (NST_BLOB_STORE) did not take the uploads; nothing was kept, try again"
+        raise Problem("storage-unavailable", detail, headers={"Retry-After": "5"}) from exc
+
+
+def remove_objects(blobs: BlobStore, job_id: str) -> None:
+    """Best effort: what a job that was not queued (or was deleted) left in the blob store. The
+    sweeper removes what this could not."""
+    try:
+        blobs.delete_job(job_id)
+    except BlobError as exc:
+        log.warning("job %s: its objects were not removed (the sweeper will): %s", job_id, exc)
 
 
 def tenant_limits(store: JobStore, settings: Settings) -> TenantLimits:
@@ -314,3 +380,27 @@ def cancel_job(job_id: str, store: StoreDep, celery: CeleryDep, caller: CallerDe
     if record is None:
         raise not_found()
     return json_response(view_of(record, store), 202)
+
+
+@router.delete(
+    "/{job_id}",
+    status_code=204,
+    operation_id="delete_job",
+    response_class=Response,
+    responses={204: {"description": "deleted: the job, its snapshots and its pictures are gone"}}
+    | problems(e404="no such job", e503=UNAVAILABLE),
+)
+def delete_job(job_id: str, store: StoreDep, blobs: BlobsDep, caller: CallerDep) -> Response:
+    """Delete a job, whatever its status: a queued one never starts, a running one stops within a
+    second; its state, events, snapshots and pictures are removed. Answers 204 with no body."""
+    if not is_job_id(job_id):
+        raise not_found()
+    if caller is not None:  # another key's job is not there for this one: checked before anything changes
+        own = store.get(job_id)
+        if own is None or own.owner != caller:
+            raise not_found()
+    if not store.delete(job_id):
+        raise not_found()
+    # After the record: no run or reader finds the job any more, so nothing writes these again.
+    remove_objects(blobs, job_id)
+    return Response(status_code=204)

@@ -29,6 +29,7 @@ OPERATIONS = [
     ("GET", "/jobs"),
     ("GET", "/jobs/{job_id}"),
     ("POST", "/jobs/{job_id}/cancel"),
+    ("DELETE", "/jobs/{job_id}"),
     ("GET", "/jobs/{job_id}/snapshots/{iteration}"),
     ("GET", "/jobs/{job_id}/result"),
     ("GET", "/jobs/{job_id}/events"),

@@ -32,6 +32,7 @@ OPERATION_IDS = {
     ("get", "/jobs"): "list_jobs",
     ("get", "/jobs/{job_id}"): "get_job",
     ("post", "/jobs/{job_id}/cancel"): "cancel_job",
+    ("delete", "/jobs/{job_id}"): "delete_job",
     ("get", "/jobs/{job_id}/snapshots/{iteration}"): "get_snapshot",
     ("get", "/jobs/{job_id}/result"): "get_result",
     ("get", "/jobs/{job_id}/events"): "job_events",
@@ -42,7 +43,8 @@ OPERATION_IDS = {
 }
 # Each route's own error codes, and no others.
 ERROR_CODES = {
-    "submit_job": {413, 415, 422, 429, 503},
+    "submit_job": {413, 415, 422, 429, 503, 507},
+    "delete_job": {404, 503},
     "list_jobs": {422, 503},
     "get_job": {404, 503},
     "cancel_job": {404, 409, 503},
