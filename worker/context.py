@@ -8,6 +8,7 @@ import threading
 from dataclasses import dataclass, field
 from functools import lru_cache
 
+from jobs.blobs import BlobStore
 from jobs.settings import Settings, get_settings
 from jobs.store import JobStore
 from jobs.workers import worker_name
@@ -25,6 +26,16 @@ class WorkerContext:
     _profile: DeviceProfile | None = None
     # The latest rate a job of this process reported (set on the loop's thread, read by the heartbeat's).
     last_iterations_per_second: float | None = None
+    # Inputs, results and checkpoints of the jobs written by this version (NST_BLOB_STORE); made
+    # from the settings on first use unless given.
+    blob_store: BlobStore | None = None
+
+    @property
+    def blobs(self) -> BlobStore:
+        with self.lock:
+            if self.blob_store is None:
+                self.blob_store = BlobStore(self.settings.blob_store, self.settings.blob_min_free_bytes)
+            return self.blob_store
 
     def profile(self) -> DeviceProfile:
         with self.lock:
@@ -44,4 +55,6 @@ class WorkerContext:
 def worker_context() -> WorkerContext:
     settings = get_settings()
     store = JobStore.from_url(settings.redis_url, settings.job_ttl_seconds)
-    return WorkerContext(settings, store, worker_name(socket.gethostname(), os.getpid()))
+    # Made now: a wrong NST_BLOB_STORE stops the worker as it starts, not its first job.
+    blobs = BlobStore(settings.blob_store, settings.blob_min_free_bytes)
+    return WorkerContext(settings, store, worker_name(socket.gethostname(), os.getpid()), blob_store=blobs)

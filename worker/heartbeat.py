@@ -1,5 +1,6 @@
 """The worker's background thread: it says the worker is alive, renews the lease of the job it
-runs, and requeues jobs whose worker died (any live worker does this for all)."""
+runs, requeues jobs whose worker died (any live worker does this for all), and starts the blob
+store's sweep when it is this worker's turn (worker/sweeper.py)."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ import threading
 from jobs.queue import get_celery_app, send_turn
 from jobs.webhooks import announce
 from worker.context import WorkerContext
+from worker.sweeper import start_sweep
 
 log = logging.getLogger(__name__)
 
@@ -33,11 +35,13 @@ def beat_once(context: WorkerContext) -> None:
 
 
 def run_heartbeat(context: WorkerContext, stop: threading.Event) -> None:
+    sweeping: threading.Thread | None = None
     while not stop.is_set():
         try:
             beat_once(context)
         except Exception as exc:  # Redis away, broker away: say so, keep trying
             log.warning("heartbeat failed: %s", exc)
+        sweeping = start_sweep(context, sweeping)  # never raises; the sweep runs on its own thread
         stop.wait(context.settings.worker_heartbeat_seconds)
 
 

@@ -1,5 +1,6 @@
-"""One turn of the job queue: claim a job, run it (inputs from Redis, core.stylize, progress and
-images back to Redis) and record how it ended.
+"""One turn of the job queue: claim a job, run it (inputs from the blob store, core.stylize,
+progress and snapshots to Redis, the result and checkpoints to the blob store) and record how it
+ended. A job an earlier version queued keeps its files in Redis, and its run keeps them there.
 
 Exactly once: a run claims the job (queued -> running) with a random run token and a lease that
 the worker's heartbeat renews. If the worker dies, the lease lapses and any worker's reaper
@@ -12,6 +13,7 @@ from __future__ import annotations
 import logging
 import math
 import secrets
+from typing import Any
 
 import torch
 
@@ -24,10 +26,11 @@ from core.output import encode_image
 from core.params import StyleParams
 from core.transfer import Progress, StyleResult, stylize
 from core.weights import WeightsSource
+from jobs.blobs import BlobError, StoreFull
 from jobs.problems import problem_body
-from jobs.record import JobRecord
-from jobs.store import JobStore
+from jobs.record import JobRecord, JobStatus
 from jobs.webhooks import announce
+from worker.blob_io import RESULT_ATTEMPTS, drop_inputs_quietly, drop_result, store_result, until_store_answers
 from worker.context import WorkerContext, worker_context
 from worker.device_profile import DeviceProfile, is_out_of_memory
 from worker.progress_publisher import ProgressPublisher, finite_or_none, finite_values
@@ -87,16 +90,17 @@ def _run_claimed(context: WorkerContext, record: JobRecord, weights: WeightsSour
     stop = StopCheck(store, job_id, token, context.settings.job_timeout_seconds)
 
     def fail(kind: str, detail: str) -> None:
-        until_redis_answers(
-            "recording the failure",
-            lambda: store.finish(job_id, "failed", {"error": problem_body(kind, detail)}, token),
-        )
+        _finish(context, record, token, "failed", {"error": problem_body(kind, detail)}, "recording the failure")
 
     try:
         result = _optimise(context, record, weights, stop)
     except JobTooBig as exc:
         fail("too-much-memory", str(exc))
         log.warning("job %s refused: %s", job_id, exc)
+        return
+    except BlobError as exc:  # the store did not answer for as long as Redis is waited for
+        fail("storage-unavailable", f"the job's images could not be read from the blob store: {exc}")
+        log.error("job %s failed: %s", job_id, exc)
         return
     except (StyleError, ValueError) as exc:
         fail("invalid-job", str(exc))
@@ -110,21 +114,48 @@ def _run_claimed(context: WorkerContext, record: JobRecord, weights: WeightsSour
         log.exception("job %s: unexpected error", job_id)
         fail("job-failed", f"internal error: {type(exc).__name__}")
         return
-    _record_outcome(store, job_id, result, stop, token)
+    _record_outcome(context, record, result, stop, token)
+
+
+def _finish(
+    context: WorkerContext,
+    record: JobRecord,
+    token: str,
+    status: JobStatus,
+    fields: dict[str, Any],
+    what: str,
+    *,
+    png: bytes | None = None,
+    result_bytes: int = 0,
+) -> bool:
+    """The job's end, if this run still holds it; then nothing can run it again, so its input and
+    checkpoint objects go (best effort: the sweeper removes what this misses)."""
+    finished = until_redis_answers(
+        what, lambda: context.store.finish(record.id, status, fields, token, png, result_bytes=result_bytes)
+    )
+    if finished and record.blobs:
+        drop_inputs_quietly(context.blobs, record.id)
+    return finished
 
 
 def _optimise(context: WorkerContext, record: JobRecord, weights: WeightsSource, stop: StopCheck) -> StyleResult:
     store = context.store
-    inputs = until_redis_answers("reading the inputs", lambda: store.inputs(record.id, record.style_count))
+    blobs = context.blobs if record.blobs else None  # None: a job of an earlier version, files in Redis
+    if blobs is not None:
+        inputs = until_store_answers("reading the inputs", lambda: store.inputs(record.id, record.style_count, blobs))
+        missing = "the job's input images are missing from the blob store (deleted, or removed with the job)"
+    else:
+        inputs = until_redis_answers("reading the inputs", lambda: store.inputs(record.id, record.style_count))
+        missing = "the job's input images have expired"
     if inputs is None:
-        raise StyleError("the job's input images have expired")
+        raise StyleError(missing)
     content_bytes, style_bytes = inputs
     params = StyleParams.model_validate(record.params)
     content = open_image(content_bytes)
     styles = [open_image(data) for data in style_bytes]
     memory = memory_plan(context.profile(), params, image_size(content))
     resume = None
-    saved = until_redis_answers("reading the checkpoint", lambda: store.checkpoint(record.id))
+    saved = _read_checkpoint(context, record)
     if saved is not None:
         try:
             resume = Checkpoint.from_bytes(saved)
@@ -134,8 +165,16 @@ def _optimise(context: WorkerContext, record: JobRecord, weights: WeightsSource,
             log.info("job %s: resuming from the checkpoint at iteration %d", record.id, resume.iteration)
 
     def save(checkpoint: Checkpoint) -> None:
+        if stop.canceled or stop.superseded:  # ending, deleted, or another run's: nothing to resume
+            return
         data = checkpoint.to_bytes()
-        best_effort("checkpoint", lambda: store.save_checkpoint(record.id, data))
+        if blobs is None:
+            best_effort("checkpoint", lambda: store.save_checkpoint(record.id, data))
+            return
+        try:
+            store.save_checkpoint(record.id, data, blobs)
+        except BlobError as exc:  # as with Redis: a checkpoint must not kill the job
+            log.warning("checkpoint skipped, the blob store failed: %s", exc)
 
     publisher = ProgressPublisher(
         store, record, weights.label, stop.run_token, memory,
@@ -172,6 +211,20 @@ def _optimise(context: WorkerContext, record: JobRecord, weights: WeightsSource,
     return result
 
 
+def _read_checkpoint(context: WorkerContext, record: JobRecord) -> bytes | None:
+    """The last checkpoint, if any; one the blob store will not give (after a short wait) is
+    none: the job starts over rather than fail."""
+    store = context.store
+    if not record.blobs:
+        return until_redis_answers("reading the checkpoint", lambda: store.checkpoint(record.id))
+    blobs = context.blobs
+    try:
+        return until_store_answers("reading the checkpoint", lambda: store.checkpoint(record.id, blobs), seconds=10)
+    except BlobError as exc:
+        log.warning("job %s: its checkpoint cannot be read (%s); starting from the beginning", record.id, exc)
+        return None
+
+
 def memory_plan(profile: DeviceProfile, params: StyleParams, original: tuple[int, int]) -> MemoryEstimate:
     """How the job fits this worker's budget (checkpointing if it must); JobTooBig if it cannot.
 
@@ -183,19 +236,25 @@ def memory_plan(profile: DeviceProfile, params: StyleParams, original: tuple[int
     )  # fmt: skip
 
 
-def _record_outcome(store: JobStore, job_id: str, result: StyleResult, stop: StopCheck, token: str) -> None:
+def _record_outcome(
+    context: WorkerContext, record: JobRecord, result: StyleResult, stop: StopCheck, token: str
+) -> None:
+    store, job_id = context.store, record.id
     losses = finite_values(result.losses.public()) if result.losses is not None else None
-    if stop.superseded and not stop.canceled:
-        log.warning("job %s: another run holds it now; this run stops without writing", job_id)
-        return
+    if stop.superseded:
+        if until_redis_answers("reading the job", lambda: store.run_state(job_id))[0] is None:
+            log.info("job %s: deleted while it ran; this run stops without writing", job_id)
+            return
+        if not stop.canceled:
+            log.warning("job %s: another run holds it now; this run stops without writing", job_id)
+            return
     if stop.timed_out:
         detail = f"the job ran past the time limit and was stopped at iteration {result.iterations_run}"
-        error = problem_body("timeout", detail)
-        until_redis_answers("timing out", lambda: store.finish(job_id, "failed", {"error": error}, token))
+        _finish(context, record, token, "failed", {"error": problem_body("timeout", detail)}, "timing out")
         log.warning("job %s: timed out", job_id)
         return
     if result.stopped:
-        until_redis_answers("canceling", lambda: store.finish(job_id, "canceled", {"eta_seconds": None}, token))
+        _finish(context, record, token, "canceled", {"eta_seconds": None}, "canceling")
         log.info("job %s: canceled at iteration %d", job_id, result.iterations_run)
         return
     if result.losses is None or not math.isfinite(result.losses.total):
@@ -204,7 +263,7 @@ def _record_outcome(store: JobStore, job_id: str, result: StyleResult, stop: Sto
             "too large (content_weight, style_weight, tv_weight or a layer weight)"
         )
         error = problem_body("diverged", detail)
-        until_redis_answers("recording the divergence", lambda: store.finish(job_id, "failed", {"error": error}, token))
+        _finish(context, record, token, "failed", {"error": error}, "recording the divergence")
         log.warning("job %s: diverged", job_id)
         return
     metadata = {
@@ -220,7 +279,39 @@ def _record_outcome(store: JobStore, job_id: str, result: StyleResult, stop: Sto
         "eta_seconds": 0.0,
         "checkpointing": result.checkpointing,
     }
-    if until_redis_answers("storing the result", lambda: store.finish(job_id, "succeeded", fields, token, png)):
+    if record.blobs:
+        _succeed_with_object(context, record, token, fields, png, result.elapsed)
+    elif _finish(context, record, token, "succeeded", fields, "storing the result", png=png):
         log.info("job %s: succeeded in %.1f s", job_id, result.elapsed)
     else:
         log.warning("job %s: finished, but another run held it; result dropped", job_id)
+
+
+def _succeed_with_object(
+    context: WorkerContext, record: JobRecord, token: str, fields: dict[str, Any], png: bytes, elapsed: float
+) -> None:
+    """The result goes to the blob store first, then the job succeeds in Redis: a job is never
+    succeeded without its result. A result that cannot be stored fails the job, clearly; one
+    whose job this run does not end (deleted, canceled, another run's) is removed again."""
+    store, blobs, job_id = context.store, context.blobs, record.id
+    status, holder, _ = until_redis_answers("reading the job", lambda: store.run_state(job_id))
+    if status != "running" or holder != token:  # no object written for a job this run no longer holds
+        log.warning("job %s: no longer this run's (%s); result dropped", job_id, status or "deleted")
+        return
+    try:
+        store_result(blobs, job_id, png)
+    except BlobError as exc:
+        kind = "storage-full" if isinstance(exc, StoreFull) else "storage-unavailable"
+        detail = f"the result could not be stored in the blob store ({RESULT_ATTEMPTS} attempts): {exc}"
+        _finish(context, record, token, "failed", {"error": problem_body(kind, detail)}, "recording the failure")
+        log.error("job %s: failed, its result could not be stored: %s", job_id, exc)
+        return
+    if _finish(context, record, token, "succeeded", fields, "recording the result", result_bytes=len(png)):
+        log.info("job %s: succeeded in %.1f s", job_id, elapsed)
+        return
+    # Deleted, canceled or taken by another run meanwhile. An object some run left for a job that
+    # succeeded is that job's result (the same path): it stays.
+    now = until_redis_answers("reading the job", lambda: store.get(job_id))
+    if now is None or now.status != "succeeded":
+        drop_result(blobs, job_id)
+    log.warning("job %s: finished, but this run no longer held it; result dropped", job_id)
