@@ -29,7 +29,7 @@ from api.schemas import JobList
 from api.upload_gate import upload_slot
 from api.uploads import check_image, parse_params, upload_size
 from api.webhook_form import WebhookRequest, check_webhook, read_webhook_fields
-from jobs.blobs import BlobError, BlobStore, StoreFull, content_path, style_path
+from jobs.blobs import BlobError, BlobStore, StoreFull, content_path, input_paths, style_path
 from jobs.queue import send_turn
 from jobs.reader import JobReader
 from jobs.record import JobRecord, is_job_id, new_job_id, utc_now
@@ -255,6 +255,16 @@ def remove_objects(blobs: BlobStore, job_id: str) -> None:
         log.warning("job %s: its objects were not removed (the sweeper will): %s", job_id, exc)
 
 
+def remove_inputs(blobs: BlobStore, record: JobRecord | None) -> None:
+    """Best effort: the uploads of a job that ended without running (the sweeper is the second net)."""
+    if record is None or not record.blobs:
+        return
+    try:
+        blobs.delete(input_paths(record.id, record.style_count))
+    except BlobError as exc:
+        log.warning("job %s: its inputs were not removed (the sweeper will): %s", record.id, exc)
+
+
 def tenant_limits(store: JobStore, settings: Settings) -> TenantLimits:
     """The per-key limits of the settings, kept in the job store's Redis."""
     limits = Limits(
@@ -361,7 +371,7 @@ router.add_api_route(
     response_model=JobPublic,
     responses=problems(e404="no such job", e409="the job has already succeeded or failed", e503=UNAVAILABLE),
 )
-def cancel_job(job_id: str, store: StoreDep, celery: CeleryDep, caller: CallerDep) -> Response:
+def cancel_job(job_id: str, store: StoreDep, celery: CeleryDep, caller: CallerDep, blobs: BlobsDep) -> Response:
     """Cancel a job: a queued one never starts; a running one stops within a second, and says
     `cancel_requested` until it has."""
     if caller is not None:  # another key's job is not there for this one: checked before anything changes
@@ -373,6 +383,7 @@ def cancel_job(job_id: str, store: StoreDep, celery: CeleryDep, caller: CallerDe
         raise not_found()
     if outcome == "canceled":
         store.refresh_expiry(job_id)
+        remove_inputs(blobs, store.get(job_id))  # it never runs: what it uploaded goes now
         announce(store, job_id, "completed", celery=celery)
     elif status in ("succeeded", "failed"):
         raise Problem("already-finished", f"the job has {status}; nothing to cancel")

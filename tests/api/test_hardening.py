@@ -25,6 +25,7 @@ import redis
 from PIL import Image
 
 from api.keys_file import add_key
+from jobs.blobs import input_paths
 from jobs.keys import content_key, style_key
 from jobs.tenancy import Limits, TenantLimits
 from tests.conftest import SAMPLES, gradient_image
@@ -136,6 +137,11 @@ def inputs_present(client: redis.Redis, job_id: str, styles: int = 1) -> list[bo
     ]
 
 
+def objects_present(service: Service, job_id: str, styles: int = 1) -> list[bool]:
+    """Whether each of the job's inputs is in the stack's blob store (where a submission puts them)."""
+    return [(service.root / "blobs" / path).exists() for path in input_paths(job_id, styles)]
+
+
 def wait_status(client: httpx.Client, job_id: str, status: str) -> dict[str, Any]:
     return poll(client, job_id, lambda job: job["status"] == status or is_final(job), timeout=300)
 
@@ -148,24 +154,27 @@ def cancel_and_wait(client: httpx.Client, job_id: str) -> dict[str, Any]:
 # -- 1. inputs go when no run can need them; what a key holds is bounded ---------------------------
 
 
-def test_a_job_s_inputs_are_deleted_as_soon_as_it_ends(clients: dict[str, httpx.Client], store: redis.Redis) -> None:
+def test_a_job_s_inputs_are_deleted_as_soon_as_it_ends(
+    clients: dict[str, httpx.Client], keyed: Service, store: redis.Redis
+) -> None:
     alice = clients["alice"]
     running = post_job(alice, SMALL_PNG, [SMALL_PNG], LONG).json()
     queued = post_job(alice, SMALL_PNG, [SMALL_PNG], LONG).json()
     wait_status(alice, running["id"], "running")
-    assert inputs_present(store, running["id"]) == [True, True]  # a run reads them (and a resumed one)
-    assert inputs_present(store, queued["id"]) == [True, True]
+    assert objects_present(keyed, running["id"]) == [True, True]  # a run reads them (and a resumed one)
+    assert objects_present(keyed, queued["id"]) == [True, True]
+    assert inputs_present(store, queued["id"]) == [False, False]  # never in Redis
 
     assert alice.post(f"/jobs/{queued['id']}/cancel").status_code == 202
-    assert inputs_present(store, queued["id"]) == [False, False]  # in the cancel itself
+    assert objects_present(keyed, queued["id"]) == [False, False]  # in the cancel itself
 
     assert cancel_and_wait(alice, running["id"])["status"] == "canceled"
-    assert inputs_present(store, running["id"]) == [False, False]
+    assert objects_present(keyed, running["id"]) == [False, False]
 
     done = post_job(alice, SMALL_PNG, [SMALL_PNG], SHORT).json()
     finished = poll(alice, done["id"], is_final, timeout=300)
     assert finished["status"] == "succeeded", finished
-    assert inputs_present(store, done["id"]) == [False, False]
+    assert objects_present(keyed, done["id"]) == [False, False]
     assert alice.get(f"/jobs/{done['id']}/result").status_code == 200  # the result stays
 
 

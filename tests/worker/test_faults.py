@@ -9,7 +9,7 @@ import time
 import httpx
 import pytest
 
-from jobs.keys import content_key
+from jobs.blobs import BlobStore, content_path
 from jobs.store import JobStore
 from tests.conftest import SAMPLES
 from tests.services import HANG, Service, StartService, is_final, poll, submit
@@ -108,7 +108,7 @@ def test_a_job_whose_input_breaks_fails_readably_and_the_worker_takes_the_next(
     busy = submit(client, COFFEE, [STARRY], {"iterations": 20000, **TINY}).json()
     poll(client, busy["id"], lambda j: j["status"] == "running")
     broken = submit(client, COFFEE, [STARRY], {"iterations": 2, **TINY}).json()
-    store.redis.set(content_key(broken["id"]), b"garbage that was an image")  # damaged in storage
+    BlobStore(str(service.root / "blobs")).put(content_path(broken["id"]), b"garbage that was an image")  # damaged
     following = submit(client, COFFEE, [STARRY], {"iterations": 2, **TINY}).json()
     client.post(f"/jobs/{busy['id']}/cancel")
     failed = poll(client, broken["id"], is_final)
