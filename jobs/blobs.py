@@ -166,26 +166,24 @@ class BlobStore:
     def job_objects(self, job_id: str) -> list[str]:
         return [item["path"] for item in self._list(f"{JOBS_PREFIX}{job_id}/")]
 
-    def delete_job(self, job_id: str) -> int:
-        """Remove every object of the job; returns how many there were."""
-        paths = self.job_objects(job_id)
+    def delete_job(self, job_id: str, paths: Iterable[str] | None = None) -> int:
+        """Remove every object of the job (`paths`, when a listing gave them already); returns
+        how many there were."""
+        paths = list(paths) if paths is not None else self.job_objects(job_id)
         self.delete(paths)
         if self.root is not None:  # the local store leaves the empty directory behind
             shutil.rmtree(self.root / JOBS_PREFIX / job_id, ignore_errors=True)
         return len(paths)
 
-    def jobs(self) -> dict[str, datetime]:
-        """Every job with objects here -> when its newest object was written (for the sweeper)."""
-        newest: dict[str, datetime] = {}
+    def jobs(self) -> dict[str, dict[str, datetime]]:
+        """Every job with objects here -> its objects' paths and when each was written: one
+        listing of the whole store (for the sweeper)."""
+        found: dict[str, dict[str, datetime]] = {}
         for item in self._list(JOBS_PREFIX):
             parts = item["path"].split("/")
-            if len(parts) < 3:
-                continue
-            modified = item["last_modified"]
-            job_id = parts[1]
-            if job_id not in newest or modified > newest[job_id]:
-                newest[job_id] = modified
-        return newest
+            if len(parts) >= 3:
+                found.setdefault(parts[1], {})[item["path"]] = item["last_modified"]
+        return found
 
     def _list(self, prefix: str) -> list[ObjectMeta]:
         try:

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from typing import TypeVar
 
 from jobs.blobs import BlobError, BlobStore, result_path
@@ -60,11 +60,12 @@ def drop_result(blobs: BlobStore, job_id: str) -> None:
         log.warning("job %s: its unused result object stays for now: %s", job_id, exc)
 
 
-def drop_inputs(blobs: BlobStore, job_id: str) -> int:
+def drop_inputs(blobs: BlobStore, job_id: str, listed: Iterable[str] | None = None) -> int:
     """Remove a finished job's objects but its result (inputs, checkpoint); how many went.
+    `listed`: its objects, when the caller listed them already (the sweeper).
     Raises BlobError: the sweeper counts its failures, `drop_inputs_quietly` logs them."""
     keep = result_path(job_id)
-    paths = [path for path in blobs.job_objects(job_id) if path != keep]
+    paths = [path for path in (listed if listed is not None else blobs.job_objects(job_id)) if path != keep]
     blobs.delete(paths)
     return len(paths)
 

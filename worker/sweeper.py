@@ -43,8 +43,8 @@ class SweepReport:
 def sweep(store: JobStore, blobs: BlobStore, grace_seconds: float, now: datetime | None = None) -> SweepReport:
     """One pass over the store; a failing listing or Redis raises, a failing removal is counted."""
     now = now or datetime.now(UTC)
-    newest = blobs.jobs()
-    ids = sorted(newest)
+    listing = blobs.jobs()
+    ids = sorted(listing)
     statuses: dict[str, str | None] = {}
     for start in range(0, len(ids), STATUS_BATCH):
         statuses |= store.statuses(ids[start : start + STATUS_BATCH])
@@ -52,14 +52,15 @@ def sweep(store: JobStore, blobs: BlobStore, grace_seconds: float, now: datetime
     for job_id in ids:
         status = statuses[job_id]
         try:
+            written = listing[job_id]
             if status is None:
-                if (now - newest[job_id]).total_seconds() <= grace_seconds:
+                if (now - max(written.values())).total_seconds() <= grace_seconds:
                     young += 1
                     continue
-                objects += blobs.delete_job(job_id)
+                objects += blobs.delete_job(job_id, written)
                 orphans += 1
             elif status in TERMINAL:
-                removed = drop_inputs(blobs, job_id)
+                removed = drop_inputs(blobs, job_id, written)
                 objects += removed
                 finished += removed > 0
         except BlobError as exc:
