@@ -3,10 +3,16 @@
 from __future__ import annotations
 
 import argparse
+import os
+import shutil
+import tempfile
 from pathlib import Path
 from typing import TextIO
 
 GRACEFUL_SHUTDOWN_SECONDS = 3
+# uvicorn kills a process that does not answer its supervisor's ping in this time (its own
+# default, 5 s, kills healthy processes on a machine loaded twenty-fold, uploads in flight).
+HEALTHCHECK_SECONDS = 60
 
 
 def add_commands(commands: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
@@ -15,7 +21,12 @@ def add_commands(commands: argparse._SubParsersAction) -> None:  # type: ignore[
     )
     api.add_argument("--host", default="127.0.0.1")
     api.add_argument("--port", type=int, default=8000)
-    api.add_argument("--workers", type=int, default=1, help="uvicorn worker processes")
+    api.add_argument(
+        "--workers",
+        type=int,
+        default=None,
+        help="API processes, all serving the one port (default: NST_API_PROCESSES, else one per CPU core)",
+    )
     api.set_defaults(handler=run_api)
 
     submit = commands.add_parser(
@@ -32,25 +43,54 @@ def add_commands(commands: argparse._SubParsersAction) -> None:  # type: ignore[
     submit.set_defaults(handler=run_submit)
 
 
+def api_processes(given: int | None) -> int:
+    """--workers, else NST_API_PROCESSES, else the CPU cores this process may run on."""
+    from jobs.settings import Settings
+
+    if given is not None:
+        if given < 1:
+            raise ValueError("--workers must be at least 1")
+        return given
+    configured = Settings().api_processes
+    if configured is not None:
+        return configured
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+
+
 def run_api(args: argparse.Namespace, stderr: TextIO) -> None:
     import uvicorn
 
     from api.log_config import uvicorn_log_config
+    from api.metrics import MULTIPROCESS_DIR_VARIABLE
     from api.server_protocol import PROTOCOL_PATH
 
-    uvicorn.run(
-        "api.app:create_app",
-        factory=True,
-        host=args.host,
-        port=args.port,
-        workers=args.workers,
-        proxy_headers=True,
-        http=PROTOCOL_PATH,  # httptools with a cap on header size and time
-        log_level="info",
-        log_config=uvicorn_log_config("info"),  # the same one-line records (and JSON) as the workers
-        # Event streams never end by themselves: on SIGTERM wait this long, then close them.
-        timeout_graceful_shutdown=GRACEFUL_SHUTDOWN_SECONDS,
-    )
+    processes = api_processes(args.workers)
+    own_dir = None
+    if processes > 1 and MULTIPROCESS_DIR_VARIABLE not in os.environ:
+        # Several processes answer on one port, and a scrape reaches any one of them: each counts
+        # its HTTP metrics into files here, and a scrape sums them all (api/metrics.py). A fresh,
+        # empty directory each start, so no count of an earlier run is summed in.
+        own_dir = tempfile.mkdtemp(prefix="nst-api-metrics-")
+        os.environ[MULTIPROCESS_DIR_VARIABLE] = own_dir  # the processes uvicorn spawns inherit it
+    try:
+        uvicorn.run(
+            "api.app:create_app",
+            factory=True,
+            host=args.host,
+            port=args.port,
+            workers=processes,  # above 1: uvicorn's supervisor spawns them and restarts one that dies
+            proxy_headers=True,
+            http=PROTOCOL_PATH,  # httptools with a cap on header size and time
+            log_level="info",
+            log_config=uvicorn_log_config("info"),  # the same one-line records (and JSON) as the workers
+            # Event streams never end by themselves: on SIGTERM wait this long, then close them.
+            timeout_graceful_shutdown=GRACEFUL_SHUTDOWN_SECONDS,
+            timeout_worker_healthcheck=HEALTHCHECK_SECONDS,
+        )
+    finally:
+        if own_dir is not None:
+            os.environ.pop(MULTIPROCESS_DIR_VARIABLE, None)
+            shutil.rmtree(own_dir, ignore_errors=True)
 
 
 def run_submit(args: argparse.Namespace, stderr: TextIO) -> None:

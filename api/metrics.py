@@ -1,8 +1,13 @@
 """The service's Prometheus metrics, served by `GET /metrics` (api/routes/metrics.py).
 
 Two kinds, one registry per app:
-- HTTP requests of this API process (`nst_http_*`), counted by a pure ASGI middleware. Each API
-  process has its own; Prometheus scrapes each process and sums.
+- HTTP requests (`nst_http_*`), counted by a pure ASGI middleware. One process serving a port
+  counts in memory. When several serve one port (`nst api` with more than one process), a
+  scrape reaches any one of them, so each would show its own counts by turns and a counter
+  would seem to jump back: there each process writes its counts to files in
+  PROMETHEUS_MULTIPROC_DIR (prometheus-client's multiprocess mode, which `nst api` sets up) and
+  a scrape of any process sums those of all, as one process would count. `process_*` (one
+  process's CPU, memory and files) is left out there for the same reason.
 - Everything about jobs and workers, read from Redis at scrape time by `ClusterCollector`, so a
   scrape of any one API process covers the whole service: the queue, the final-status counters
   and histograms the workers keep (jobs/telemetry.py), and what each live worker reports with
@@ -12,6 +17,7 @@ Two kinds, one registry per app:
 from __future__ import annotations
 
 import logging
+import os
 import time
 from collections.abc import Iterable, Iterator, Sequence
 from typing import Any
@@ -25,6 +31,7 @@ from prometheus_client.metrics_core import (
     InfoMetricFamily,
     Metric,
 )
+from prometheus_client.multiprocess import MultiProcessCollector
 from prometheus_client.registry import Collector
 from prometheus_client.utils import floatToGoString
 from starlette.routing import BaseRoute, Match
@@ -40,21 +47,25 @@ METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"}
 # A poll answers in about a millisecond; a submit with large images, in seconds.
 HTTP_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 EVENT_STREAM = b"text/event-stream"
+# prometheus-client reads it when it is first imported: it must be set before the process starts.
+MULTIPROCESS_DIR_VARIABLE = "PROMETHEUS_MULTIPROC_DIR"
 
 
 class HttpMetrics:
-    """Requests of this process by method, route template and status, and their latency."""
+    """Requests by method, route template and status, and their latency: this process's, or in
+    multiprocess mode those of every process on the port."""
 
-    def __init__(self, registry: CollectorRegistry) -> None:
+    def __init__(self, registry: CollectorRegistry | None) -> None:
+        """registry None: counted in prometheus-client's multiprocess files only."""
         self.requests = Counter(
             "nst_http_requests",
-            "HTTP requests answered by this API process, by method, route template and status",
+            "HTTP requests answered by the API (all its processes on this port), by method, route template and status",
             ["method", "route", "status"],
             registry=registry,
         )
         self.duration = Histogram(
             "nst_http_request_duration_seconds",
-            "Time to answer an HTTP request in this API process (an event stream: time until it opened)",
+            "Time to answer an HTTP request (an event stream: time until it opened)",
             ["method", "route"],
             buckets=HTTP_BUCKETS,
             registry=registry,
@@ -213,11 +224,22 @@ class ClusterCollector(Collector):
         yield from cluster_families(state)
 
 
+def multiprocess_dir() -> str | None:
+    """The directory of prometheus-client's multiprocess mode, when this process runs in it."""
+    return os.environ.get(MULTIPROCESS_DIR_VARIABLE) or None
+
+
 class ServiceMetrics:
-    """The app's registry: this process's HTTP metrics and resources, and the cluster's from Redis."""
+    """The app's registry: the HTTP metrics (this process's, or with several processes on one
+    port, all of theirs summed), this process's resources, and the cluster's from Redis."""
 
     def __init__(self, client: redis.Redis, heartbeat_seconds: float) -> None:
         self.registry = CollectorRegistry(auto_describe=False)
-        self.http = HttpMetrics(self.registry)
-        ProcessCollector(registry=self.registry)  # process_* : this API process's CPU, memory, open files
+        shared = multiprocess_dir()
+        if shared is None:
+            self.http = HttpMetrics(self.registry)
+            ProcessCollector(registry=self.registry)  # process_* : this API process's CPU, memory, open files
+        else:
+            self.http = HttpMetrics(None)  # written to the directory; read back summed:
+            MultiProcessCollector(self.registry, path=shared)  # type: ignore[no-untyped-call]
         self.registry.register(ClusterCollector(client, heartbeat_seconds))
