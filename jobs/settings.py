@@ -48,7 +48,7 @@ class Settings(BaseSettings):
         None, ge=1, le=64, description="API processes `nst api` runs (default: one per CPU core)"
     )
     max_concurrent_uploads: int = Field(
-        8, ge=1, description="submissions one API process reads and checks at once; the rest wait their turn"
+        4, ge=1, description="submissions one API process reads and checks at once; the rest wait their turn"
     )
     sweep_interval_seconds: float = Field(
         600.0, gt=0, description="how often a worker removes objects whose job is gone (expired, deleted, crashed)"
