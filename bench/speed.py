@@ -2,15 +2,15 @@
 
     python bench/speed.py --device cpu --height 128 --width 128 --iterations 20
 
-The reference is written out here as the seed runs it: two forward passes an iteration (one to
-the content layer, one to the deepest style layer), fp32, explicit input normalisation, and the
-best image chosen on the host after every iteration. The engine is `core.stylize` with the same
-parameters and its device's default options (on CUDA: bf16 autocast, torch.compile with CUDA
-graphs, channels_last), after a short warm-up run; where those are not plain fp32 it runs again
-with NST_PRECISION=fp32 NST_COMPILE=0, and checks that the fast path's final loss lies within 3%
-of the fp32 path's. All runs use the same random weights and seed, and every final image is
-scored with one fp32 objective. Prints a table, then one JSON line with reference_ms,
-engine_ms, speedup and the loss gaps.
+The reference is the seed's loop as the seed runs it (core/reference.py): two forward passes an
+iteration (one to the content layer, one to the deepest style layer), fp32, explicit input
+normalisation, and the best image chosen on the host after every iteration. The engine is
+`core.stylize` with the same parameters and its device's default options (on CUDA: bf16
+autocast, torch.compile with CUDA graphs, channels_last), after a short warm-up run; where those
+are not plain fp32 it runs again with NST_PRECISION=fp32 NST_COMPILE=0, and checks that the
+fast path's final loss lies within 3% of the fp32 path's. All runs use the same random weights
+and seed, and every final image is scored with one fp32 objective. Prints a table, then one JSON
+line with reference_ms, engine_ms, speedup and the loss gaps.
 
 With --options it then times one engine iteration for each quality option in turn (Adam and
 the Gram loss, the seed's; L-BFGS; the W2 style loss; colour matching; the averaged image; all
@@ -32,7 +32,6 @@ from pathlib import Path
 
 import torch
 from PIL import Image
-from torch import nn
 
 from core import StyleParams, stylize
 from core.decode import image_size
@@ -40,10 +39,9 @@ from core.device import resolve_device
 from core.engine import EngineOptions
 from core.images import from_seed_space, to_seed_space
 from core.layers import CONV_CHANNELS, CONV_INDICES, LAYER_INDEX
-from core.losses import content_loss, gram, style_loss
+from core.reference import SeedObjective, run_reference, synchronize
 from core.transfer import initial_image
-from core.vgg import build_features, seed_to_torchvision
-from core.weights import WeightsSource, random_state_dict
+from core.weights import WeightsSource
 
 SAMPLES = Path(__file__).resolve().parent.parent / "examples" / "images"
 
@@ -69,67 +67,6 @@ def conv_gflop(height: int, width: int, deepest: str = "conv5_1") -> float:
         flop += 2 * 9 * in_channels * out_channels * positions
         in_channels = out_channels
     return 2 * flop / 1e9
-
-
-class SeedObjective:
-    """The seed's loss, computed its way: a content pass and a style pass, fp32."""
-
-    def __init__(self, params: StyleParams, content: torch.Tensor, style: torch.Tensor, device: torch.device) -> None:
-        state = random_state_dict()
-        self.content_net = build_features(state, depth=LAYER_INDEX[params.content_layers[-1]] + 1).to(device)
-        self.style_net = build_features(state, depth=LAYER_INDEX[params.style_layers[-1]] + 1).to(device)
-        self.params = params
-        with torch.no_grad():
-            self.content_targets = self.taps(self.content_net, content, params.content_layers)
-            self.style_targets = [gram(f) for f in self.taps(self.style_net, style, params.style_layers)]
-
-    @staticmethod
-    def taps(net: nn.Sequential, x: torch.Tensor, names: list[str]) -> list[torch.Tensor]:
-        wanted = {LAYER_INDEX[n]: n for n in names}
-        found = {}
-        h = seed_to_torchvision(x)
-        for index, module in enumerate(net):
-            h = module(h)
-            if index in wanted:
-                found[wanted[index]] = h
-        return [found[n] for n in names]
-
-    def __call__(self, x: torch.Tensor) -> torch.Tensor:
-        p = self.params
-        content = x.new_zeros(())
-        features = self.taps(self.content_net, x, p.content_layers)  # pass 1
-        for w, f, t in zip(p.content_layer_weights, features, self.content_targets, strict=True):
-            content = content + w * content_loss(f, t)
-        style = x.new_zeros(())
-        features = self.taps(self.style_net, x, p.style_layers)  # pass 2
-        for w, f, t in zip(p.style_layer_weights, features, self.style_targets, strict=True):
-            style = style + w * style_loss(f, t)
-        return p.content_weight * content + p.style_weight * style
-
-
-def run_reference(objective: SeedObjective, x0: torch.Tensor, params: StyleParams) -> tuple[torch.Tensor, float]:
-    x = x0.clone().requires_grad_(True)
-    optimizer = torch.optim.Adam([x], lr=params.learning_rate, betas=(0.9, 0.999), eps=1e-8)
-    best_loss, best = math.inf, x.detach().clone()
-    start = None
-    for iteration in range(1, params.iterations + 1):
-        if iteration == 2:  # the first iteration pays for allocation and kernel choice
-            synchronize(x.device)
-            start = time.perf_counter()
-        optimizer.zero_grad()
-        loss = objective(x)
-        loss.backward()
-        if loss.item() < best_loss:  # the seed decides on the host, every iteration
-            best_loss, best = loss.item(), x.detach().clone()
-        optimizer.step()
-    synchronize(x.device)
-    assert start is not None
-    return best, (time.perf_counter() - start) / (params.iterations - 1)
-
-
-def synchronize(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
 
 
 def peak_mib(device: torch.device) -> float:

@@ -5,6 +5,9 @@ convolutions in bfloat16 under autocast (Grams and losses in fp32), and the loss
 compiled by torch.compile with CUDA graphs, once per working size and kept for later jobs of
 that size. On the CPU the default is fp32, eager. `NST_PRECISION=fp32|bf16`, `NST_COMPILE=0|1` and
 `NST_CHANNELS_LAST=0|1` override; a compilation that fails falls back to eager with a warning.
+A worker measures its device at start (core.calibration) and `decide`s: where bf16 strays from
+fp32 or compiling does not pay, its choice wins over the default and the variables for the rest
+of the process. `options_override` changes them for the calibration's own runs.
 """
 
 from __future__ import annotations
@@ -12,9 +15,11 @@ from __future__ import annotations
 import logging
 import os
 import threading
-from collections.abc import Callable
-from dataclasses import dataclass
-from typing import Literal
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from contextvars import ContextVar
+from dataclasses import dataclass, replace
+from typing import Any, Literal
 
 import torch
 
@@ -25,6 +30,14 @@ from core.vgg import VGGFeatures
 log = logging.getLogger(__name__)
 
 LossCall = Callable[[torch.Tensor, list[torch.Tensor], list[torch.Tensor]], torch.Tensor]
+
+# Faults a test asks of this process, comma-separated (core.calibration's checks must catch them):
+# "compile" makes every compiled call raise, "bf16" makes the bf16 calibration run stray.
+TEST_FAULTS = frozenset(f for f in os.environ.get("NST_TEST_FAULTS", "").replace(" ", "").split(",") if f)
+
+
+class InjectedFault(RuntimeError):
+    """A failure NST_TEST_FAULTS asked for."""
 
 
 @dataclass(frozen=True)
@@ -50,16 +63,43 @@ class EngineOptions:
             "fp32": "fp32",
             "bf16": "bf16",
         }
-        return cls(
+        options = cls(
             precision=precisions[precision],
             # channels_last helps cuDNN and oneDNN alike (about 12% on this project's 2-core CPU).
             channels_last=layout in ("auto", "1"),
             compile=cuda if compiled == "auto" else compiled == "1",
         )
+        changes: dict[str, Any] = {**_decided, **dict(_override.get())}
+        return replace(options, **changes)
 
     @property
     def memory_format(self) -> torch.memory_format:
         return torch.channels_last if self.channels_last else torch.contiguous_format
+
+
+# What this process decided after measuring its device (set once, at a worker's start), and a
+# temporary change for the calibration's own runs on this thread.
+_decided: dict[str, object] = {}
+_override: ContextVar[tuple[tuple[str, object], ...]] = ContextVar("nst_engine_override", default=())
+
+
+def decide(*, precision: Literal["fp32", "bf16"] | None = None, compile: bool | None = None) -> None:
+    """From now on this process runs with `precision` and `compile` (None: as the defaults say)."""
+    for name, value in (("precision", precision), ("compile", compile)):
+        if value is None:
+            _decided.pop(name, None)
+        else:
+            _decided[name] = value
+
+
+@contextmanager
+def options_override(**changes: object) -> Iterator[None]:
+    """EngineOptions fields (precision, compile, channels_last) changed inside the block."""
+    token = _override.set(tuple({**dict(_override.get()), **changes}.items()))
+    try:
+        yield
+    finally:
+        _override.reset(token)
 
 
 _lock = threading.Lock()
@@ -67,6 +107,8 @@ _lock = threading.Lock()
 # one graph per working size inside it, so a worker compiles each size once, not once a job.
 _compiled: dict[tuple[object, ...], LossCall] = {}
 _failed: set[tuple[object, ...]] = set()
+# Why each failed compilation failed, in order (core.calibration reads the ones its run added).
+compile_errors: list[str] = []
 # Every graph (each size, image layout - L-BFGS's image is contiguous - and loss function) hangs
 # on LossFunction.forward's one code object, and dynamo runs a code object eagerly, with one
 # warning, once it has 8: a worker would stop compiling after a few jobs' sizes.
@@ -107,11 +149,14 @@ def loss_function(extractor: VGGFeatures, params: StyleParams, options: EngineOp
         if key in _failed:
             return run_eager(x, content, style)
         try:
+            if "compile" in TEST_FAULTS:
+                raise InjectedFault("compiling failed: NST_TEST_FAULTS=compile")
             return compiled(x, content, style)
         except Exception as exc:  # a backend that cannot compile this graph: run it eagerly
             log.warning("torch.compile failed (%s: %s); running eagerly", type(exc).__name__, exc)
             with _lock:
                 _failed.add(key)
+                compile_errors.append(f"{type(exc).__name__}: {exc}")
             return run_eager(x, content, style)
 
     return call

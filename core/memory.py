@@ -39,15 +39,63 @@ class Calibration:
     fixed: int  # bytes a job takes whatever its size
 
 
-# Fitted by bench/memory.py on the development machine's CPU (torch 2.14.1, fp32, peaks of the
-# resident set at 128 to 512 px; docs/benchmarks.md). CUDA has not been measured yet: it takes
-# the CPU's scales, and 256 MB more for cuDNN's workspaces, until the bench runs on a GPU.
+# Written constants: the starting point, and what a worker uses until (or unless) it calibrates
+# its own device at start (core.calibration), which replaces them with a fit of its own peaks.
+# The CPU's were fitted by bench/memory.py on the development machine (torch 2.14.1, fp32, peaks
+# of the resident set at 128 to 512 px); CUDA's by a worker's calibration on an NVIDIA H200
+# (torch 2.11.0+cu130, bf16, channels_last, eager, max_memory_allocated at 256 to 768 px), which
+# predicted bench/memory.py's peaks at 1024 and 2048 px within 0.2% (docs/benchmarks.md). Before
+# that measurement CUDA took the CPU's scales and 256 MB: 15% short at 2048 px with checkpointing.
 CALIBRATION: dict[tuple[DeviceType, bool], Calibration] = {
     ("cpu", False): Calibration(scale=0.989, fixed=4_900_000),
     ("cpu", True): Calibration(scale=0.910, fixed=11_000_000),
-    ("cuda", False): Calibration(scale=0.989, fixed=256_000_000),
-    ("cuda", True): Calibration(scale=0.910, fixed=256_000_000),
+    ("cuda", False): Calibration(scale=0.923, fixed=31_900_000),
+    ("cuda", True): Calibration(scale=1.128, fixed=3_500_000),
 }
+
+
+@dataclass(frozen=True)
+class MemoryModel:
+    """The constants one device's estimates use, plain and with checkpointing; `source` says
+    whether they were "measured" on that device or are the "written" ones above."""
+
+    plain: Calibration
+    checkpointing: Calibration
+    source: Literal["measured", "written"] = "written"
+
+    def constants(self, checkpointing: bool) -> Calibration:
+        return self.checkpointing if checkpointing else self.plain
+
+    def report(self) -> dict[str, object]:
+        """As a worker's heartbeat carries it (and from_report reads it back)."""
+        return {
+            "plain": {"scale": self.plain.scale, "fixed": self.plain.fixed},
+            "checkpointing": {"scale": self.checkpointing.scale, "fixed": self.checkpointing.fixed},
+            "source": self.source,
+        }
+
+    @classmethod
+    def from_report(cls, data: object) -> MemoryModel | None:
+        """The model a heartbeat reported; None for anything malformed or implausible."""
+        if not isinstance(data, dict):
+            return None
+        parts: list[Calibration] = []
+        for name in ("plain", "checkpointing"):
+            part = data.get(name)
+            if not isinstance(part, dict):
+                return None
+            scale, fixed = part.get("scale"), part.get("fixed")
+            if not isinstance(scale, int | float) or isinstance(scale, bool) or not isinstance(fixed, int):
+                return None
+            if not (0.1 <= scale <= 10.0) or not (0 <= fixed <= 1 << 40):  # a scale far from 1 is a broken fit
+                return None
+            parts.append(Calibration(float(scale), fixed))
+        return cls(parts[0], parts[1], "measured" if data.get("source") == "measured" else "written")
+
+
+def written_model(device_type: DeviceType) -> MemoryModel:
+    """The written constants for a device type."""
+    return MemoryModel(CALIBRATION[(device_type, False)], CALIBRATION[(device_type, True)], "written")
 
 
 @dataclass(frozen=True)
@@ -172,14 +220,15 @@ def estimate_bytes(
     checkpointing: bool = False,
     original: Size | None = None,
     sizes: Sequence[Size] = (),
+    model: MemoryModel | None = None,
 ) -> int:
     """A job's peak memory in bytes at working `size` (the largest of its scales).
 
     `original` is the content's own size (its decoded pixels and the rendered output); `sizes`
     other working sizes the job runs at (coarse-to-fine), whose peak comes and goes before the
-    last one's.
+    last one's. `model`: the device's own constants (a calibrated worker's), else the written ones.
     """
-    calibration = CALIBRATION[(device_type, checkpointing)]
+    calibration = (model or written_model(device_type)).constants(checkpointing)
     peak = max(count_bytes(s, params, precision, checkpointing).total for s in (size, *sizes))
     extra = ORIGINAL_BYTES_PER_PIXEL * original[0] * original[1] if original else 0
     return math.ceil(calibration.scale * peak) + calibration.fixed + extra
@@ -194,15 +243,19 @@ def plan(
     precision: Precision = "fp32",
     original: Size | None = None,
     sizes: Sequence[Size] = (),
+    model: MemoryModel | None = None,
 ) -> MemoryEstimate:
     """How a job runs within `budget` bytes: plainly if it fits, else with checkpointing. The
     estimate returned is the cheapest one tried; the caller compares it with the budget."""
-    plain = estimate_bytes(size, params, device_type=device_type, precision=precision, original=original, sizes=sizes)
+    plain = estimate_bytes(
+        size, params, device_type=device_type, precision=precision, original=original, sizes=sizes, model=model
+    )
     if plain <= budget:
         return MemoryEstimate(plain, checkpointing=False)
     lean = estimate_bytes(
-        size, params, device_type=device_type, precision=precision, checkpointing=True, original=original, sizes=sizes
-    )
+        size, params, device_type=device_type, precision=precision, checkpointing=True, original=original,
+        sizes=sizes, model=model,
+    )  # fmt: skip
     return MemoryEstimate(lean, checkpointing=True)
 
 
@@ -222,16 +275,18 @@ def fit_job(
     device_type: DeviceType,
     precision: Precision,
     whose: str = "the memory budget",
+    model: MemoryModel | None = None,
 ) -> MemoryEstimate:
     """The one decision of whether and how a job fits a memory budget, made alike by admission
     (for each live worker), the worker that takes the job and `nst stylize`: its working size, the
     stages of a coarse-to-fine run, a plain run if that fits and checkpointing if not. JobTooBig
-    (naming `whose` budget) if even that does not fit; ValueError if its scales do not fit its size."""
+    (naming `whose` budget) if even that does not fit; ValueError if its scales do not fit its size.
+    `model`: the device's calibrated constants, else the written ones."""
     size = working_size(original, params)
     stages = plan_stages(params, size)
     estimate = plan(
         size, params, budget, device_type=device_type, precision=precision, original=original,
-        sizes=[stage.size for stage in stages[:-1]],
+        sizes=[stage.size for stage in stages[:-1]], model=model,
     )  # fmt: skip
     if estimate.bytes > budget:
         raise JobTooBig(size, estimate.bytes, budget, whose)
