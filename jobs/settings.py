@@ -121,6 +121,19 @@ class Settings(BaseSettings):
         description="memory a worker's job may take (default: 85% of the GPU's free memory, or on the CPU of "
         "the memory available to the process, its cgroup's limit if it has one)",
     )
+    calibrate: bool = Field(
+        True,
+        description="measure the worker's device at start (memory, speed, bf16, compiling; core.calibration) and "
+        "serve with what it finds; 0: the written memory constants and the defaults",
+    )
+    calibration_speed_size: str = Field(
+        "384x512", description="HEIGHTxWIDTH at which a worker times an iteration at start (the default working size)"
+    )
+    calibration_memory_sides: str = Field(
+        "auto",
+        description="square working sides at which a worker measures its peak memory at start: two or more, "
+        "comma-separated, or auto (192,256,320 on the CPU, 256,512,768 on CUDA)",
+    )
     # Webhooks (jobs/webhooks.py).
     webhook_secret: SecretStr | None = Field(
         None,

@@ -38,7 +38,14 @@ ROOT = Path(__file__).resolve().parent.parent
 SAMPLES = ROOT / "examples" / "images"
 # The shared stack's settings: CORS for test_service, quick SSE keep-alives for test_events; no
 # other module's tests notice either.
-SHARED_ENV = {"NST_CORS_ORIGINS": "http://front.example", "NST_SSE_HEARTBEAT_SECONDS": "0.5"}
+SHARED_ENV = {
+    "NST_CORS_ORIGINS": "http://front.example",
+    "NST_SSE_HEARTBEAT_SECONDS": "0.5",
+    # Its worker measures its device at start, at small sizes: what /readyz and /metrics show.
+    "NST_CALIBRATE": "1",
+    "NST_CALIBRATION_SPEED_SIZE": "32x32",
+    "NST_CALIBRATION_MEMORY_SIDES": "128,192",
+}
 STACK_FIXTURES = {"shared_service", "start_service"}
 
 

@@ -66,6 +66,9 @@ class Service:
                 "NST_VGG_WEIGHTS": "random",
                 "NST_DEVICE": "cpu",
                 "NST_WORKER_HEARTBEAT_SECONDS": "1",
+                # A stack's workers skip the device measurement (seconds each); the shared stack
+                # and the calibration tests turn it on, at small sizes.
+                "NST_CALIBRATE": "0",
                 "PYTHONUNBUFFERED": "1",
             }
             | self.extra_env

@@ -39,6 +39,10 @@ def add_commands(commands: argparse._SubParsersAction) -> None:  # type: ignore[
     )
     up.set_defaults(handler=run_up)
 
+    from worker.doctor import add_command as add_doctor
+
+    add_doctor(commands)
+
 
 def run_worker(args: argparse.Namespace, stderr: TextIO) -> None:
     import os
@@ -52,6 +56,7 @@ def run_worker(args: argparse.Namespace, stderr: TextIO) -> None:
     keep_our_logging()
     from jobs.queue import QUEUE_NAME, get_celery_app
     from worker.context import worker_context
+    from worker.device_profile import calibrate_device, speed_size
     from worker.heartbeat import start_heartbeat
     from worker.warmup import warm_up
 
@@ -65,7 +70,10 @@ def run_worker(args: argparse.Namespace, stderr: TextIO) -> None:
             log.info("%d queued jobs of an earlier version joined the fair queue", adopted)
     # Weights load once per process, before the first job: a bad NST_VGG_WEIGHTS stops the
     # worker here with its message instead of failing every job.
-    warm_up(context.settings.device)
+    warm_up(context.settings.device, speed_size(context.settings))
+    # Then the device measures itself and serves with what it found (memory model, bf16 or fp32,
+    # compiled or eager); the budget is read after, from what the measurements left free.
+    context.calibration = calibrate_device(context.settings)
     profile = context.profile()  # measured now: after the network is loaded, before any job
     log.info("memory budget %d bytes on %s (%s)", profile.memory_budget_bytes, profile.device, profile.precision)
     stop = start_heartbeat(context)
@@ -107,3 +115,23 @@ def run_up(args: argparse.Namespace, stderr: TextIO) -> None:
     if args.workers is not None and args.workers < 1:
         raise ValueError("--workers must be at least 1")
     run_everything(host=args.host, port=args.port, data_dir=args.data_dir, stream=stderr, workers=args.workers)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """`python -m worker.commands worker|up|doctor ...`: the commands where the package (and so
+    the `nst` entry point) is not installed, as on a bare GPU machine."""
+    import sys
+
+    from core.cli import OneLineParser
+    from core.logs import configure_logging
+
+    configure_logging(logging.INFO, sys.stderr)
+    parser = OneLineParser(prog="python -m worker.commands")
+    add_commands(parser.add_subparsers(required=True))
+    args = parser.parse_args(argv)
+    args.handler(args, sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -8,6 +8,7 @@ import threading
 from dataclasses import dataclass, field
 from functools import lru_cache
 
+from core.calibration import DeviceCalibration
 from jobs.blobs import BlobStore
 from jobs.settings import Settings, get_settings
 from jobs.store import JobStore
@@ -37,10 +38,13 @@ class WorkerContext:
                 self.blob_store = BlobStore(self.settings.blob_store, self.settings.blob_min_free_bytes)
             return self.blob_store
 
+    # What the worker measured of its device at start (worker.device_profile.calibrate_device).
+    calibration: DeviceCalibration | None = None
+
     def profile(self) -> DeviceProfile:
         with self.lock:
             if self._profile is None:
-                self._profile = measure_profile(self.settings)
+                self._profile = measure_profile(self.settings, self.calibration)
             return self._profile
 
     def report(self) -> dict[str, object]:

@@ -3,12 +3,16 @@ heartbeat and the API's admission, and how to tell an out-of-memory error from o
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 
 import torch
 
-from core.memory import DeviceType, Precision, default_budget
+from core.calibration import CalibrationConfig, DeviceCalibration, calibrate, not_calibrated
+from core.memory import DeviceType, MemoryModel, Precision, default_budget, written_model
 from jobs.settings import Settings
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -19,26 +23,61 @@ class DeviceProfile:
     device_type: DeviceType
     precision: Precision
     memory_budget_bytes: int
+    compile: bool = False
+    memory_model: MemoryModel | None = None  # None: the written constants
+    calibration: DeviceCalibration | None = None  # what the worker measured at start
 
     def report(self) -> dict[str, object]:
-        return {
+        report: dict[str, object] = {
             "device": self.device,
             "device_type": self.device_type,
             "precision": self.precision,
             "memory_budget_bytes": self.memory_budget_bytes,
+            "compile": self.compile,
+            "memory_model": (self.memory_model or written_model(self.device_type)).report(),
         }
+        if self.calibration is not None:
+            report |= self.calibration.report()
+        return report
 
 
-def measure_profile(settings: Settings) -> DeviceProfile:
+def calibrate_device(settings: Settings) -> DeviceCalibration:
+    """Measure this worker's device (NST_CALIBRATE) and serve with what it found from now on.
+    A bad calibration setting stops the worker here, with its message."""
+    from core.device import resolve_device
+    from core.weights import WeightsSource
+
+    device = resolve_device(settings.device)
+    config = CalibrationConfig.parse(settings.calibration_speed_size, settings.calibration_memory_sides)
+    if not settings.calibrate:
+        return not_calibrated(device, "NST_CALIBRATE=0: the written constants and the defaults", config)
+    result = calibrate(device, WeightsSource.from_env(), config)
+    result.apply()
+    log.info(
+        "calibrated %s in %.1f s: serving %s, %s, %s",
+        device, result.seconds, result.precision, "compiled" if result.compile else "eager",
+        f"{result.ms_per_iteration:.1f} ms an iteration" if result.ms_per_iteration is not None else "speed unknown",
+    )  # fmt: skip
+    return result
+
+
+def speed_size(settings: Settings) -> tuple[int, int]:
+    """The working size the worker warms up and times at (NST_CALIBRATION_SPEED_SIZE)."""
+    return CalibrationConfig.parse(settings.calibration_speed_size, settings.calibration_memory_sides).speed_size
+
+
+def measure_profile(settings: Settings, calibration: DeviceCalibration | None = None) -> DeviceProfile:
     """The device and its budget: NST_MEMORY_BUDGET_BYTES, or 85% of what is free now (so it
-    is measured once, after the network is loaded and before any job holds memory)."""
+    is measured once, after the network is loaded and calibrated, before any job holds memory)."""
     from core.device import resolve_device
     from core.engine import EngineOptions
 
     device = resolve_device(settings.device)
     budget = settings.memory_budget_bytes or default_budget(str(device))
-    precision = EngineOptions.for_device(device).precision
-    return DeviceProfile(str(device), "cuda" if device.type == "cuda" else "cpu", precision, budget)
+    options = EngineOptions.for_device(device)  # after calibrate_device: what it decided
+    model = calibration.model if calibration is not None else None
+    device_type: DeviceType = "cuda" if device.type == "cuda" else "cpu"
+    return DeviceProfile(str(device), device_type, options.precision, budget, options.compile, model, calibration)
 
 
 def is_out_of_memory(exc: BaseException) -> bool:

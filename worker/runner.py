@@ -232,7 +232,7 @@ def memory_plan(profile: DeviceProfile, params: StyleParams, original: tuple[int
     the worker that could hold it has gone."""
     return fit_job(
         params, original, profile.memory_budget_bytes, device_type=profile.device_type,
-        precision=profile.precision, whose="this worker's memory budget",
+        precision=profile.precision, whose="this worker's memory budget", model=profile.memory_model,
     )  # fmt: skip
 
 

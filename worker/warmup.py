@@ -8,9 +8,10 @@ import time
 log = logging.getLogger(__name__)
 
 
-def warm_up(device: str | None) -> str:
-    """Load the weights; where the engine compiles (CUDA), run two iterations at the default
-    working size so its graph is compiled and captured now. Returns the weights label."""
+def warm_up(device: str | None, size: tuple[int, int] | None = None) -> str:
+    """Load the weights; where the engine compiles (CUDA), run two iterations at `size` (the
+    calibration's speed size; default: the default working size) so its graph is compiled and
+    captured now. Returns the weights label."""
     from PIL import Image
 
     from core.device import resolve_device
@@ -25,10 +26,11 @@ def warm_up(device: str | None) -> str:
     options = EngineOptions.for_device(run_device)
     defaults = StyleParams()
     if options.compile:
-        params = StyleParams(iterations=2, seed=0)  # the seed's layers, weights and size
+        height, width = size or (defaults.height, defaults.width)
+        params = StyleParams(iterations=2, height=height, width=width, seed=0)  # the seed's layers and weights
     else:
         params = StyleParams(iterations=1, height=16, width=16, seed=0)
-    image = Image.new("RGB", (defaults.width, defaults.height), (128, 128, 128))
+    image = Image.new("RGB", (params.width, params.height), (128, 128, 128))
     stylize(image, [image], params, device=run_device, weights=source)
     log.info(
         "weights %s loaded and %s warmed on %s in %.1f s",
