@@ -38,6 +38,7 @@ from starlette.routing import BaseRoute, Match
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from jobs import telemetry
+from jobs.worker_reports import calibrated_checks, speed_of
 
 log = logging.getLogger(__name__)
 
@@ -178,6 +179,18 @@ def cluster_families(state: telemetry.ClusterState) -> list[Metric]:
         "Each live worker's latest iterations per second (of its current or last job)",
         labels=["worker"],
     )
+    measured = GaugeMetricFamily(
+        "nst_worker_ms_per_iteration",
+        "Milliseconds an iteration took each live worker when it measured its device at start, at working "
+        "size `size` (height x width), with the path it serves",
+        labels=["worker", "size"],
+    )
+    calibrated = GaugeMetricFamily(
+        "nst_worker_calibrated",
+        "1 where a live worker's start-up check `what` (memory, speed, precision, compile) ran to the end on its "
+        "device, 0 where it was skipped or failed; `outcome` says what it decided",
+        labels=["worker", "what", "outcome"],
+    )
     for name, report in sorted(state.workers.items()):
         labels = [str(report.get(key, "")) for key in ("device", "device_type", "precision")]
         info.add_metric([name, *labels], {})
@@ -185,6 +198,10 @@ def cluster_families(state: telemetry.ClusterState) -> list[Metric]:
             budget.add_metric([name], value)
         if (value := _number(report.get("iterations_per_second"))) is not None:
             rate.add_metric([name], value)
+        if (speed := speed_of(report)) is not None:  # an earlier worker's report, or a malformed one: left out
+            measured.add_metric([name, f"{speed.size[0]}x{speed.size[1]}"], speed.ms_per_iteration)
+        for what, outcome, done in calibrated_checks(report):
+            calibrated.add_metric([name, what, outcome], 1.0 if done else 0.0)
     return [
         GaugeMetricFamily("nst_queue_depth", "Jobs waiting in the queue", value=state.queue_depth),
         GaugeMetricFamily("nst_jobs_running", "Jobs running now", value=state.running),
@@ -196,6 +213,8 @@ def cluster_families(state: telemetry.ClusterState) -> list[Metric]:
         info,
         budget,
         rate,
+        measured,
+        calibrated,
         CounterMetricFamily("nst_snapshots_written", "Snapshots workers wrote", value=totals.snapshots),
         deliveries,
     ]  # fmt: skip

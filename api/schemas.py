@@ -31,6 +31,46 @@ class Health(BaseModel):
     status: Literal["ok"]
 
 
+class CalibrationCheck(BaseModel):
+    """One check a worker ran on its device at start; nulls from a worker that did not report it."""
+
+    calibrated: bool | None = Field(description="true: it ran to the end on this device; false: skipped or failed")
+    outcome: str | None = Field(
+        description='one short word: "measured", "written", "bf16", "fp32", "compiled", "eager", "skipped", "failed"'
+    )
+    detail: str | None = Field(description="one sentence saying why")
+
+
+class WorkerCalibration(BaseModel):
+    memory: CalibrationCheck = Field(description="the memory constants: fitted to this device's peaks, or written")
+    speed: CalibrationCheck = Field(description="milliseconds per iteration, measured")
+    precision: CalibrationCheck = Field(description="bf16 checked against fp32 from the same start")
+    compile: CalibrationCheck = Field(description="torch.compile checked against eager")
+
+
+class SpeedSize(BaseModel):
+    height: int
+    width: int
+
+
+class ReadyWorker(BaseModel):
+    """A live worker and what it measured on its device at start (nulls: a worker of an earlier
+    version, or a value that made no sense)."""
+
+    name: str = Field(description="host:pid")
+    device: str | None = Field(description='"cpu", "cuda:0", ...')
+    precision: str | None = Field(description='"fp32" or "bf16": what it serves in')
+    compile: bool | None = Field(description="whether it serves with torch.compile")
+    memory_budget_bytes: int | None = Field(description="its memory budget for a job")
+    memory_model: Literal["measured", "written"] | None = Field(
+        description="where the memory constants admission uses for it come from: fitted on its device, or written"
+    )
+    ms_per_iteration: float | None = Field(description="an iteration at `speed_size`, with the path it serves")
+    speed_size: SpeedSize | None = Field(description="the working size its speed was measured at")
+    calibration: WorkerCalibration
+
+
 class Readiness(BaseModel):
     redis: Literal["ok"]
     workers: int = Field(description="workers that reported in the last few heartbeats")
+    live_workers: list[ReadyWorker] = Field(description="those workers, by name, with what each measured at start")

@@ -9,6 +9,8 @@ from __future__ import annotations
 import asyncio
 import functools
 import json
+import math
+import time
 from collections.abc import Awaitable, Callable, Mapping
 from typing import Any, Concatenate, ParamSpec, TypeVar, cast
 
@@ -20,6 +22,7 @@ from jobs.keys import (
     JOBS_KEY,
     RUNNING_KEY,
     SERVED_KEY,
+    WORKER_INFO_KEY,
     events_key,
     job_key,
     losses_key,
@@ -30,12 +33,16 @@ from jobs.keys import (
 )
 from jobs.record import decode_fields, is_job_id, parse_history
 from jobs.view import job_view
-from jobs.workers import live_range
+from jobs.worker_reports import WorkerSpeed, speed_of
+from jobs.workers import live_range, live_reports
 
 # An event stream entry as Redis gives it: (id, {b"type": ..., b"data": ...}).
 RawEvent = tuple[bytes, dict[bytes, bytes]]
 
 READ_TIMEOUT_SECONDS = 10.0
+# A queued job's ETA rests on the live workers' measured speeds, which change only when a worker
+# comes or goes: read with a poll at most this often per process, never a round trip of their own.
+SPEEDS_MAX_AGE_SECONDS = 2.0
 P = ParamSpec("P")
 R = TypeVar("R")
 
@@ -76,6 +83,8 @@ class JobReader:
         # A queued job's place, in fair order between tenants (jobs/fair_queue.py).
         self._ahead = QUEUE_POSITION.register_async(client)
         self._layout = lua_layout()
+        self._speeds: tuple[WorkerSpeed, ...] = ()
+        self._speeds_read_at = -math.inf  # time.monotonic() of the reading behind _speeds
 
     def _queue_ahead(self, job_id: str | bytes, pipe: Any = None) -> Awaitable[Any]:
         """How many jobs start before this one (None: it is not queued); in `pipe`, awaiting it
@@ -103,13 +112,32 @@ class JobReader:
         return decode_fields(fields) if fields and owns(fields, owner) else None
 
     @bounded
-    async def job(self, job_id: str, owner: str | None = None) -> dict[str, Any] | None:
-        """The job as clients see it: one HGETALL, and a ZRANK only while it is queued."""
+    async def job(
+        self, job_id: str, owner: str | None = None, heartbeat_seconds: float | None = None
+    ) -> dict[str, Any] | None:
+        """The job as clients see it: one HGETALL, and a ZRANK only while it is queued. With
+        `heartbeat_seconds`, a queued job gets an ETA from the live workers' measured speeds, read
+        at most every SPEEDS_MAX_AGE_SECONDS, in the same round trip as its place."""
         record = await self._record(job_id, owner)
         if record is None:
             return None
-        rank = await self._queue_ahead(job_id) if record["status"] == "queued" else None
-        return job_view(record, rank)
+        if record["status"] != "queued":
+            return job_view(record, None)
+        if heartbeat_seconds is None:
+            return job_view(record, await self._queue_ahead(job_id))
+        if time.monotonic() - self._speeds_read_at <= SPEEDS_MAX_AGE_SECONDS:
+            return job_view(record, await self._queue_ahead(job_id), self._speeds)
+        async with self.redis.pipeline(transaction=False) as pipe:
+            await self._queue_ahead(job_id, pipe)
+            _queue_live_reports(pipe, heartbeat_seconds)
+            rank, names, reports = await pipe.execute()
+        return job_view(record, rank, self._remember_speeds(live_reports(names, reports)))
+
+    def _remember_speeds(self, reports: dict[str, dict[str, Any]]) -> tuple[WorkerSpeed, ...]:
+        """The measured speeds of the live workers that sent `reports`, kept for the next polls."""
+        self._speeds = tuple(speed for speed in map(speed_of, reports.values()) if speed is not None)
+        self._speeds_read_at = time.monotonic()
+        return self._speeds
 
     @bounded
     async def exists(self, job_id: str) -> bool:
@@ -187,13 +215,26 @@ class JobReader:
         return jobs, (last_sequence if more else None)
 
     @bounded
-    async def live_workers(self, heartbeat_seconds: float) -> int:
-        """How many workers are live (jobs/workers.py's rule)."""
-        return int(await self.redis.zcount(*live_range(heartbeat_seconds)))
+    async def worker_reports(self, heartbeat_seconds: float) -> dict[str, dict[str, Any]]:
+        """Each live worker (jobs/workers.py's rule) and its last report ({} if none), read now;
+        the queued jobs' ETAs take their speeds from this reading too."""
+        async with self.redis.pipeline(transaction=True) as pipe:
+            _queue_live_reports(pipe, heartbeat_seconds)
+            names, reports = await pipe.execute()
+        live = live_reports(names, reports)
+        self._remember_speeds(live)
+        return live
 
     @bounded
     async def ping(self) -> None:
         await self.redis.ping()
+
+
+def _queue_live_reports(pipe: Any, heartbeat_seconds: float) -> None:
+    """The live workers' names and every worker's report, queued in `pipe` (two replies; the
+    report hash is small: a worker long gone is forgotten, jobs/workers.py)."""
+    pipe.zrangebyscore(*live_range(heartbeat_seconds))
+    pipe.hgetall(WORKER_INFO_KEY)
 
 
 async def read_new_events(

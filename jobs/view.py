@@ -9,6 +9,7 @@ models lack fails.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from datetime import datetime
 from typing import Any, Literal
 
@@ -16,6 +17,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from core.params import StyleParams
 from jobs.record import JobStatus
+from jobs.worker_reports import WorkerSpeed, pixel_iterations, queued_eta
 
 
 class FieldError(BaseModel):
@@ -74,7 +76,10 @@ class JobPublic(BaseModel):
     params: StyleParams = Field(description="the effective parameters, defaults filled in")
     progress: JobProgress
     losses: JobLosses | None
-    eta_seconds: float | None
+    eta_seconds: float | None = Field(
+        description="seconds until it ends, roughly: a running job's from its own speed; a queued job's from "
+        "the live workers' measured speeds and its place in the queue (null if no live worker measured one)"
+    )
     queue_position: int | None = Field(description="1 for the next job to start; null unless queued")
     cancel_requested: bool = Field(description="a cancel of this running job is pending; it stops within a second")
     snapshots: list[SnapshotLink]
@@ -138,11 +143,19 @@ def progress_view(iteration: int, total: int, scale: dict[str, int] | None = Non
     return {"iteration": iteration, "total": total, "fraction": round(iteration / total, 6), "scale": scale}
 
 
-def job_view(record: dict[str, Any], queue_rank: int | None) -> dict[str, Any]:
-    """The job (docs/api.md) from its decoded hash and its rank in the queue (0 = next)."""
+def job_view(record: dict[str, Any], queue_rank: int | None, speeds: Sequence[WorkerSpeed] = ()) -> dict[str, Any]:
+    """The job (docs/api.md) from its decoded hash and its rank in the queue (0 = next); a queued
+    job's ETA from `speeds`, the live workers' measured ones (none: null)."""
     job_id = record["id"]
     status = record["status"]
     total = int(record["params"]["iterations"])
+    position = queue_rank + 1 if status == "queued" and queue_rank is not None else None
+    if status == "running":
+        eta = record.get("eta_seconds")
+    elif position is not None and speeds:
+        eta = queued_eta(pixel_iterations(record["params"]), position, speeds)
+    else:
+        eta = None
     return {
         "id": job_id,
         "status": status,
@@ -152,8 +165,8 @@ def job_view(record: dict[str, Any], queue_rank: int | None) -> dict[str, Any]:
         "params": record["params"],
         "progress": progress_view(record.get("iteration", 0), total, record.get("scale")),
         "losses": record.get("losses"),
-        "eta_seconds": record.get("eta_seconds") if status == "running" else None,
-        "queue_position": queue_rank + 1 if status == "queued" and queue_rank is not None else None,
+        "eta_seconds": eta,
+        "queue_position": position,
         "cancel_requested": status == "running" and bool(record.get("cancel_requested")),
         "snapshots": [{"iteration": i, "url": snapshot_url(job_id, i)} for i in record.get("snapshots", [])],
         "result_url": f"{job_url(job_id)}/result" if status == "succeeded" else None,

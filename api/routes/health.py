@@ -8,6 +8,7 @@ from api.deps import ReaderDep, SettingsDep
 from api.openapi import problems
 from api.problems import Problem
 from api.schemas import Health, Readiness
+from jobs.worker_reports import readiness_entry
 
 router = APIRouter(tags=["health"])
 
@@ -24,9 +25,11 @@ async def healthz() -> Health:
     responses=problems(e503="Redis is not answering, or no worker has reported lately"),
 )
 async def readyz(reader: ReaderDep, settings: SettingsDep) -> Readiness:
-    """200 when Redis answers and at least one worker is alive, else 503."""
+    """200 when Redis answers and at least one worker is alive, else 503; the live workers with
+    their device, and what each measured there at start (speed, memory, precision, compiling)."""
     await reader.ping()
-    workers = await reader.live_workers(settings.worker_heartbeat_seconds)
-    if not workers:
+    reports = await reader.worker_reports(settings.worker_heartbeat_seconds)
+    if not reports:
         raise Problem("no-workers", "no worker has reported in the last few seconds")
-    return Readiness(redis="ok", workers=workers)
+    live = [readiness_entry(name, report) for name, report in sorted(reports.items())]
+    return Readiness.model_validate({"redis": "ok", "workers": len(reports), "live_workers": live})

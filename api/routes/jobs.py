@@ -337,9 +337,11 @@ async def get_job(job_id: str, request: Request) -> Response:
     # The most frequent request of all (every poll): one HGETALL, no dependency to solve.
     caller = authenticate(request)
     reader: JobReader = request.app.state.reader
-    job = await reader.job(job_id, caller)
+    settings: Settings = request.app.state.settings
+    job = await reader.job(job_id, caller, settings.worker_heartbeat_seconds)  # queued: with an ETA
     if job is None:
         raise not_found()
+    # The ETag hashes the whole answer, the ETA included: an ETA that changed is a new ETag, never a 304.
     body = orjson.dumps(job)
     etag = f'"{hashlib.blake2b(body, digest_size=16).hexdigest()}"'
     headers = {"ETag": etag, "Cache-Control": "no-cache"}

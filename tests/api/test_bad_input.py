@@ -218,7 +218,8 @@ def test_a_full_queue_answers_429_with_retry_after(client: httpx.Client) -> None
 
 def test_everything_is_still_healthy_afterwards(client: httpx.Client, service: Service) -> None:
     # Module order: pytest runs this file's tests top to bottom, so this one comes last.
-    assert client.get("/readyz").json() == {"redis": "ok", "workers": 1}
+    readiness = client.get("/readyz").json()
+    assert (readiness["redis"], readiness["workers"]) == ("ok", 1)
     assert service.api is not None and service.api.poll() is None
     assert all(worker.poll() is None for worker in service.workers)
     job = post(client).json()

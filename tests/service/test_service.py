@@ -164,7 +164,16 @@ def test_listing_is_newest_first_and_pages_with_a_cursor(client: httpx.Client) -
 
 def test_health_readiness_cors_and_docs(client: httpx.Client) -> None:
     assert client.get("/healthz").status_code == 200
-    assert client.get("/readyz").json() == {"redis": "ok", "workers": 1}
+    readiness = client.get("/readyz").json()
+    assert (readiness["redis"], readiness["workers"]) == ("ok", 1)
+    # The shared stack's worker measured its CPU at start (tests/conftest.py's SHARED_ENV).
+    (worker,) = readiness["live_workers"]
+    assert worker["device"] == "cpu" and worker["precision"] == "fp32" and worker["compile"] is False
+    assert worker["memory_model"] == "measured" and worker["ms_per_iteration"] > 0
+    assert worker["speed_size"] == {"height": 32, "width": 32}
+    calibration = worker["calibration"]
+    assert (calibration["memory"]["outcome"], calibration["speed"]["outcome"]) == ("measured", "measured")
+    assert calibration["precision"]["outcome"] == calibration["compile"]["outcome"] == "skipped"
     preflight = client.options(
         "/jobs", headers={"Origin": "http://front.example", "Access-Control-Request-Method": "POST"}
     )
