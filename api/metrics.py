@@ -151,7 +151,12 @@ def _histogram(name: str, documentation: str, snapshot: telemetry.HistogramSnaps
 
 
 def _number(value: object) -> float | None:
-    return float(value) if isinstance(value, int | float) and not isinstance(value, bool) else None
+    if not isinstance(value, int | float) or isinstance(value, bool):
+        return None
+    try:
+        return float(value)  # an int past float's range (a malformed report) raises
+    except OverflowError:
+        return None
 
 
 RUN_SECONDS_HELP = "Time from a job's first start to its final status, for jobs that ended in a worker"

@@ -91,6 +91,8 @@ def start_once(calibrate: bool, redis_server: str, workdir: Path) -> dict[str, A
         seconds = time.perf_counter() - begin
         report: dict[str, Any] = {}
         while not report:  # the first heartbeat may land just after the ready key
+            if worker.poll() is not None or time.perf_counter() - begin > CEILING_SECONDS:
+                raise SystemExit(f"the worker sent no heartbeat:\n{log.read_text()[-3000:]}")
             raw = client.hget(WORKER_INFO_KEY, name)
             report = json.loads(raw) if raw else {}
             time.sleep(0.05)

@@ -28,7 +28,14 @@ import torch
 from PIL import Image, ImageDraw
 
 from core.decode import Size
-from core.engine import TEST_FAULTS, EngineOptions, compile_errors, decide, options_override
+from core.engine import (
+    TEST_FAULTS,
+    EngineOptions,
+    compile_errors,
+    decide,
+    options_override,
+    retry_failed_compilations,
+)
 from core.memory import (
     ORIGINAL_BYTES_PER_PIXEL,
     Calibration,
@@ -39,8 +46,8 @@ from core.memory import (
     describe_bytes,
     written_model,
 )
-from core.params import StyleParams
-from core.peak_probe import measure_here, probe_in_child
+from core.params import MAX_SIDE, MIN_SIDE, StyleParams
+from core.peak_probe import ProbeError, measure_here, probe_in_child
 from core.weights import WeightsSource
 
 log = logging.getLogger(__name__)
@@ -95,19 +102,20 @@ class CalibrationConfig:
     def parse(cls, speed_size: str, memory_sides: str) -> CalibrationConfig:
         """From the settings' strings: "384x512" and "auto" or "128,192,256"."""
         height, _, width = speed_size.lower().partition("x")
-        if not (height.isdigit() and width.isdigit()) or not (16 <= int(height) <= 8192 and 16 <= int(width) <= 8192):
-            raise ValueError(f"calibration speed size {speed_size!r}: give HEIGHTxWIDTH, 16 to 8192 each")
-        sides: tuple[int, ...] | None = None
+        sides = (height, width)
+        if not all(side.isdigit() and MIN_SIDE <= int(side) <= MAX_SIDE for side in sides):
+            raise ValueError(f"calibration speed size {speed_size!r}: give HEIGHTxWIDTH, {MIN_SIDE} to {MAX_SIDE} each")
+        memory: tuple[int, ...] | None = None
         if memory_sides.strip().lower() != "auto":
             parts = [p.strip() for p in memory_sides.split(",") if p.strip()]
             if len(parts) < 2 or not all(p.isdigit() and 32 <= int(p) <= 4096 for p in parts):
                 raise ValueError(
                     f"calibration memory sides {memory_sides!r}: give auto or two or more sides, 32 to 4096"
                 )
-            sides = tuple(sorted({int(p) for p in parts}))
-            if len(sides) < 2:
+            memory = tuple(sorted({int(p) for p in parts}))
+            if len(memory) < 2:
                 raise ValueError(f"calibration memory sides {memory_sides!r}: two different sides at least")
-        return cls((int(height), int(width)), sides)
+        return cls((int(height), int(width)), memory)
 
     def sides_for(self, device: torch.device) -> tuple[int, ...]:
         return self.memory_sides or SIDES[device.type == "cuda"]
@@ -215,7 +223,14 @@ def _guarded(what: What, fallback: str, check: Callable[[], tuple[Check, T]]) ->
         return check()
     except Exception as exc:  # any failure of a measurement: the device serves the safe way
         log.warning("calibration %s failed: %s: %s", what, type(exc).__name__, exc)
-        return Check(False, fallback, f"the check failed ({type(exc).__name__}: {exc}); {_safe(what)}"), None
+        return Check(False, fallback, f"the check failed ({one_line(exc)}); {_safe(what)}"), None
+
+
+def one_line(error: BaseException | str, limit: int = 200) -> str:
+    """An error as a check's detail carries it: compilers' messages run to pages."""
+    text = error if isinstance(error, str) else f"{type(error).__name__}: {error}"
+    first = (text.strip().splitlines() or [""])[0]
+    return first if len(first) <= limit else first[: limit - 1] + "…"
 
 
 def _safe(what: What) -> str:
@@ -273,13 +288,15 @@ def _losses(device: torch.device, weights: WeightsSource, size: Size, precision:
     return first, last
 
 
-def _check_precision(device: torch.device, weights: WeightsSource, config: CalibrationConfig) -> tuple[Check, float]:
+def _check_precision(
+    device: torch.device, weights: WeightsSource, config: CalibrationConfig
+) -> tuple[Check, float | None]:
     size = (min(PRECISION_SIDE, config.speed_size[0]), min(PRECISION_SIDE, config.speed_size[1]))
     fp32 = _losses(device, weights, size, "fp32")
     bf16 = _losses(device, weights, size, "bf16")
     run = f"{PRECISION_ITERATIONS} iterations at {size[0]}x{size[1]}"
     if not all(math.isfinite(v) for v in (*fp32, *bf16)):
-        return Check(True, "fp32", f"bf16's loss is not finite over {run}; serving fp32"), math.inf
+        return Check(True, "fp32", f"bf16's loss is not finite over {run}; serving fp32"), None
     gap = max(abs(b - f) / abs(f) if f else abs(b) for f, b in zip(fp32, bf16, strict=True))
     if gap > PRECISION_TOLERANCE:
         detail = f"bf16's loss strays {gap:.2%} from fp32's over {run}, past {PRECISION_TOLERANCE:.0%}; serving fp32"
@@ -311,6 +328,8 @@ def _check_memory(
         original = ORIGINAL_BYTES_PER_PIXEL * size[0] * size[1] if device.type == "cpu" else 0
         counted = count_bytes(size, params, precision, checkpointing).total
         points.append(PeakPoint(size, checkpointing, counted, peak - original, original))
+    if any(p.measured <= 0 for p in points):
+        raise ProbeError(f"a measured peak is not positive ({[p.measured for p in points]}): the measurement is off")
     plain = fit_constants([p for p in points if not p.checkpointing])
     lean = fit_constants([p for p in points if p.checkpointing])
     model = MemoryModel(plain, lean, "measured")
@@ -375,7 +394,10 @@ def ms_per_iteration(device: torch.device, weights: WeightsSource, size: Size) -
     seconds(2 if EngineOptions.for_device(device).compile else 1)
     short = seconds(1)  # an upper bound of an iteration: it includes the set-up
     more = max(2, min(MAX_TIMED_ITERATIONS, round(SPEED_SECONDS / max(short, 1e-4))))
-    return (seconds(1 + more) - short) / more * 1000
+    long = seconds(1 + more)
+    if long <= short:  # a busy machine slowed the short run: the long run's mean, set-up and all
+        return long / (1 + more) * 1000
+    return (long - short) / more * 1000
 
 
 def _speed_detail(ms: float, config: CalibrationConfig, compiled: bool) -> str:
@@ -392,6 +414,7 @@ def _check_speed(device: torch.device, weights: WeightsSource, config: Calibrati
 def _check_compile(
     device: torch.device, weights: WeightsSource, config: CalibrationConfig
 ) -> tuple[Check, dict[str, float]]:
+    retry_failed_compilations()  # one that failed in the warm-up must fail here too, to be seen
     errors_before = len(compile_errors)
     with options_override(compile=True):
         compiled = ms_per_iteration(device, weights, config.speed_size)
@@ -400,7 +423,9 @@ def _check_compile(
         eager = ms_per_iteration(device, weights, config.speed_size)
     timings = {"eager": eager} if failed else {"compiled": compiled, "eager": eager}
     if failed:
-        return Check(True, "eager", f"compiling failed ({failed[0]}); serving eagerly at {eager:.1f} ms"), timings
+        return Check(
+            True, "eager", f"compiling failed ({one_line(failed[0])}); serving eagerly at {eager:.1f} ms"
+        ), timings
     versus = f"compiled {compiled:.2f} ms an iteration against eager {eager:.2f} ms"
     if compiled > COMPILE_GAIN * eager:
         return Check(True, "eager", f"{versus}: not {1 - COMPILE_GAIN:.0%} faster; serving eagerly"), timings

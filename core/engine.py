@@ -115,6 +115,13 @@ compile_errors: list[str] = []
 RECOMPILE_LIMIT = 128
 
 
+def retry_failed_compilations() -> None:
+    """Forget which compilations failed, so the next call of each compiles again (calibration
+    retries one that failed in the warm-up, to see it fail and say why)."""
+    with _lock:
+        _failed.clear()
+
+
 def loss_function(extractor: VGGFeatures, params: StyleParams, options: EngineOptions) -> LossCall:
     """The loss function for this job, compiled when the options say so."""
     eager = LossFunction(extractor, params, bf16=options.precision == "bf16")

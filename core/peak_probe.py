@@ -4,8 +4,10 @@ On CUDA it runs in the calling process: `max_memory_allocated` over each run, ab
 allocated before it. On the CPU it runs in a fresh process (`python -m core.peak_probe JSON`),
 started with MALLOC_MMAP_THRESHOLD_ so that a freed block leaves the resident set at once; a
 run's peak is then the rise of the resident set's high-water mark (VmHWM, reset through
-/proc/self/clear_refs) over it, as bench/memory.py measures. Both count what a job adds to a
-process whose network is loaded, which is what core.memory estimates.
+/proc/self/clear_refs) over it, as bench/memory.py measures, except that the runs follow one
+another in the one child (bench/memory.py starts a process for each): the mmap threshold gives
+each run's blocks back as they are freed, so a run starts from the same resident set. Both count
+what a job adds to a process whose network is loaded, which is what core.memory estimates.
 """
 
 from __future__ import annotations

@@ -38,10 +38,17 @@ class WorkerSpeed:
         return self.size[0] * self.size[1]
 
 
+MAX_REPORTED_SIDE = 1 << 16  # past any job's side: a larger one is a malformed report
+
+
 def _number(value: object) -> float | None:
     if isinstance(value, bool) or not isinstance(value, int | float):
         return None
-    return float(value) if math.isfinite(value) else None
+    try:
+        number = float(value)  # an int past float's range (JSON has no limit) raises
+    except OverflowError:
+        return None
+    return number if math.isfinite(number) else None
 
 
 def speed_size(report: Mapping[str, Any]) -> tuple[int, int] | None:
@@ -49,7 +56,7 @@ def speed_size(report: Mapping[str, Any]) -> tuple[int, int] | None:
     size = report.get("speed_size")
     if not isinstance(size, list | tuple) or len(size) != 2:
         return None
-    if not all(isinstance(side, int) and not isinstance(side, bool) and side > 0 for side in size):
+    if not all(isinstance(side, int) and not isinstance(side, bool) and 0 < side <= MAX_REPORTED_SIDE for side in size):
         return None
     return size[0], size[1]
 

@@ -21,7 +21,7 @@ def test_a_fit_at_small_sizes_predicts_the_peak_of_a_larger_one_within_10_percen
     result = calibrate(CPU, RANDOM, CalibrationConfig(speed_size=(32, 32)))
     assert result.checks["memory"].outcome == "measured", result.checks["memory"]
     assert result.model.source == "measured" and {p.size[0] for p in result.peaks} == {192, 256, 320}
-    measured = probe_in_child([(LEFT_OUT, False), (LEFT_OUT, True)])  # a fresh process
+    measured = [probe_in_child([(LEFT_OUT, checkpointing)])[0] for checkpointing in (False, True)]  # fresh processes
     for checkpointing, peak in zip((False, True), measured, strict=True):
         estimate = estimate_bytes(
             LEFT_OUT, StyleParams(), checkpointing=checkpointing, original=LEFT_OUT, model=result.model
@@ -44,7 +44,8 @@ def test_the_fit_is_least_squares_and_never_takes_a_negative_fixed_part() -> Non
 
 
 def test_bad_settings_are_refused_with_their_value() -> None:
-    for speed, sides in (("384", "auto"), ("8x8", "auto"), ("384x512", "128"), ("384x512", "128,128"), ("1x2", "a,b")):
+    bad = (("384", "auto"), ("8x8", "auto"), ("5000x512", "auto"), ("384x512", "128"), ("384x512", "128,128"))
+    for speed, sides in (*bad, ("1x2", "a,b")):
         with pytest.raises(ValueError, match="calibration"):
             CalibrationConfig.parse(speed, sides)
     assert CalibrationConfig.parse("384x512", "auto").sides_for(CPU) == (192, 256, 320)
@@ -73,6 +74,24 @@ def test_a_straying_bf16_and_a_compile_that_raises_fall_back_and_say_why(monkeyp
     finally:
         engine.decide()
     assert engine.EngineOptions.for_device(CPU).precision == "bf16"  # the variables again
+
+
+def test_a_compile_that_failed_in_the_warm_up_is_tried_again_and_reported(monkeypatch: pytest.MonkeyPatch) -> None:
+    from core.transfer import stylize
+
+    monkeypatch.setattr(engine, "TEST_FAULTS", frozenset({"compile"}))
+    monkeypatch.setenv("NST_COMPILE", "1")
+    content, style = calibration.test_pair((32, 32))
+    try:
+        # The warm-up's compile fails first (as a worker's would, before it calibrates) ...
+        stylize(content, [style], StyleParams(iterations=2, height=32, width=32, seed=0), device=CPU, weights=RANDOM)
+        result = calibrate(CPU, RANDOM, CalibrationConfig(speed_size=(32, 32), memory_sides=(64, 96)))
+        # ... and the compile check still sees it fail, rather than timing eager as "compiled".
+        compiled = result.checks["compile"]
+        assert (compiled.outcome, result.compile) == ("eager", False) and "compiling failed" in compiled.detail
+        assert "\n" not in compiled.detail and len(compiled.detail) < 300
+    finally:
+        engine.decide()
 
 
 def test_a_memory_check_that_fails_keeps_the_written_constants(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -28,6 +28,8 @@ def test_a_speed_needs_a_positive_finite_time_and_two_positive_sides() -> None:
         {"ms_per_iteration": math.inf, "speed_size": [384, 512]},
         {"ms_per_iteration": True, "speed_size": [384, 512]},
         {"ms_per_iteration": "12", "speed_size": [384, 512]},
+        {"ms_per_iteration": 10**400, "speed_size": [384, 512]},  # JSON's ints have no limit; float's do
+        {"ms_per_iteration": 12, "speed_size": [10**200, 512]},
     ):
         assert speed_of(report) is None, report
 

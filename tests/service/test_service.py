@@ -169,10 +169,12 @@ def test_health_readiness_cors_and_docs(client: httpx.Client) -> None:
     # The shared stack's worker measured its CPU at start (tests/conftest.py's SHARED_ENV).
     (worker,) = readiness["live_workers"]
     assert worker["device"] == "cpu" and worker["precision"] == "fp32" and worker["compile"] is False
-    assert worker["memory_model"] == "measured" and worker["ms_per_iteration"] > 0
+    assert worker["memory_model"] in ("measured", "written") and worker["ms_per_iteration"] > 0
     assert worker["speed_size"] == {"height": 32, "width": 32}
     calibration = worker["calibration"]
-    assert (calibration["memory"]["outcome"], calibration["speed"]["outcome"]) == ("measured", "measured")
+    # The fit at such small sizes may be refused (the written constants then stay); it ran either way.
+    assert calibration["memory"]["calibrated"] and calibration["memory"]["outcome"] == worker["memory_model"]
+    assert calibration["speed"]["outcome"] == "measured"
     assert calibration["precision"]["outcome"] == calibration["compile"]["outcome"] == "skipped"
     preflight = client.options(
         "/jobs", headers={"Origin": "http://front.example", "Access-Control-Request-Method": "POST"}

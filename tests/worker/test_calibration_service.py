@@ -38,7 +38,7 @@ def test_a_worker_whose_compile_raises_and_whose_bf16_strays_serves_eager_fp32_s
     assert "strays" in precision["detail"] and "serving fp32" in precision["detail"]
     assert compiled["calibrated"] and compiled["outcome"] == "eager"
     assert "NST_TEST_FAULTS=compile" in compiled["detail"] and "serving eagerly" in compiled["detail"]
-    assert worker["memory_model"] == "measured" and worker["ms_per_iteration"] > 0
+    assert worker["memory_model"] in ("measured", "written") and worker["ms_per_iteration"] > 0
     # The same outcomes in the worker's log (one line a check) and in /metrics.
     logs = service.logs(tail=0)
     assert "calibration precision on cpu: fp32 (bf16's loss strays" in logs

@@ -30,11 +30,11 @@ def test_the_doctor_prints_its_table_and_says_the_machine_can_serve(redis_server
     for line in ("device     cpu:", f"redis      {url}: ok", "weights    random: ok", "ready to serve"):
         assert line in table, table
     assert "ms per iteration at 32x32" in table and "the seed's loop (two passes, fp32)" in table
-    assert "memory model (measured)" in table and "the largest square working side is" in table
+    assert "memory model (" in table and "the largest square working side is" in table
     found = json.loads((tmp_path / "d.json").read_text())
     assert found["ready"] is True and found["problems"] == []
     assert found["versions"]["torch"] and found["device"]["cores"] == os.cpu_count()
-    assert found["calibration"]["calibration"]["memory"]["outcome"] == "measured"
+    assert found["calibration"]["calibration"]["memory"]["calibrated"] is True
     assert found["speed"]["engine_ms"] > 0 and found["speed"]["seed_loop_ms"] > 0 and found["speed"]["ratio"] > 0
     sides = found["memory"]["largest_side"]
     assert 0 < sides["plain"] < sides["checkpointing"]  # checkpointing holds larger jobs in the same budget
@@ -47,6 +47,6 @@ def test_without_redis_the_doctor_exits_1_saying_why(tmp_path: Path) -> None:
     assert done.returncode == 1, done.stdout
     found = json.loads(done.stdout)
     assert found["ready"] is False and found["redis"]["ok"] is False and found["store"]["ok"] is True
-    assert len(found["problems"]) == 1 and "does not answer" in found["problems"][0]
+    assert any("does not answer" in problem and dead in problem for problem in found["problems"])
     assert "cannot serve" in done.stderr and "does not answer" in done.stderr
     assert "seed_loop_ms" not in found["speed"]  # --no-seed-loop
