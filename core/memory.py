@@ -332,13 +332,21 @@ def available_cpu_bytes() -> int:
     return min(available, limit) if limit is not None else available
 
 
-def _meminfo_available() -> int:
+def meminfo_bytes(field: str) -> int | None:
+    """A figure of /proc/meminfo (MemTotal, MemAvailable) in bytes; None where there is none."""
     try:
         for line in Path("/proc/meminfo").read_text().splitlines():
-            if line.startswith("MemAvailable:"):
+            if line.startswith(f"{field}:"):
                 return int(line.split()[1]) * 1024
-    except OSError:
+    except (OSError, ValueError, IndexError):
         pass
+    return None
+
+
+def _meminfo_available() -> int:
+    available = meminfo_bytes("MemAvailable")
+    if available is not None:
+        return available
     pages = os.sysconf("SC_AVPHYS_PAGES") if hasattr(os, "sysconf") else 0
     return int(pages * os.sysconf("SC_PAGE_SIZE")) if pages else 0
 

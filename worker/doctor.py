@@ -144,13 +144,9 @@ def _cpu_name() -> str:
 
 
 def _mem_total() -> int | None:
-    try:
-        for line in Path("/proc/meminfo").read_text().splitlines():
-            if line.startswith("MemTotal:"):
-                return int(line.split()[1]) * 1024
-    except OSError:
-        pass
-    return None
+    from core.memory import meminfo_bytes
+
+    return meminfo_bytes("MemTotal")
 
 
 def _redis(url: str, findings: Findings) -> None:
