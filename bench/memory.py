@@ -115,7 +115,7 @@ def model_table(sizes: list[int], device: str) -> None:
             rows.append((size, counted, extra, measured))
         scale, fixed = fit([(c, m - e) for _, c, e, m in rows])
         mode = "checkpointed" if checkpointing else "plain"
-        current = CALIBRATION[(device_type, checkpointing)]
+        current = CALIBRATION[(device_type, precision, checkpointing)]
         print(f"\n## {mode}: fitted scale {scale:.3f}, fixed {fixed / 1e6:.1f} MB "
               f"(in use: scale {current.scale:.3f}, fixed {current.fixed / 1e6:.1f} MB)")  # fmt: skip
         print(f"{'size':>11} {'measured':>10} {'estimate':>10} {'error':>7} {'refit':>10} {'error':>7}")

@@ -165,7 +165,8 @@ def not_calibrated(device: torch.device, why: str, config: CalibrationConfig | N
     options = EngineOptions.for_device(device)
     return DeviceCalibration(
         device=str(device), precision=options.precision, compile=options.compile,
-        channels_last=options.channels_last, model=written_model(_device_type(device)), ms_per_iteration=None,
+        channels_last=options.channels_last, model=written_model(_device_type(device), options.precision),
+        ms_per_iteration=None,
         speed_size=(config or CalibrationConfig()).speed_size,
         checks={what: Check(False, "skipped", why) for what in CHECKS}, seconds=0.0,
     )  # fmt: skip
@@ -185,7 +186,7 @@ def calibrate(device: torch.device, weights: WeightsSource, config: CalibrationC
     else:
         checks["precision"] = Check(False, "skipped", f"serves {options.precision}: nothing to compare")
     with options_override(precision=precision):
-        model, peaks = written_model(_device_type(device)), list[PeakPoint]()
+        model, peaks = written_model(_device_type(device), precision), list[PeakPoint]()
         checks["memory"], fitted = _guarded(
             "memory", "written", lambda: _check_memory(device, weights, config, options)
         )
@@ -334,7 +335,7 @@ def _check_memory(
     lean = fit_constants([p for p in points if p.checkpointing])
     model = MemoryModel(plain, lean, "measured")
     worst = max(abs(_estimate(model, p) - p.measured) / p.measured for p in points)
-    written = written_model(_device_type(device))
+    written = written_model(_device_type(device), precision)
     where = f"{precision}, sides {', '.join(map(str, sides))}"
     scales = (plain.scale, lean.scale)
     if not all(PLAUSIBLE_SCALE[0] <= s <= PLAUSIBLE_SCALE[1] for s in scales) or worst > MAX_FIT_ERROR:

@@ -42,15 +42,21 @@ class Calibration:
 # Written constants: the starting point, and what a worker uses until (or unless) it calibrates
 # its own device at start (core.calibration), which replaces them with a fit of its own peaks.
 # The CPU's were fitted by bench/memory.py on the development machine (torch 2.14.1, fp32, peaks
-# of the resident set at 128 to 512 px); CUDA's by a worker's calibration on an NVIDIA H200
-# (torch 2.11.0+cu130, bf16, channels_last, eager, max_memory_allocated at 256 to 768 px), which
-# predicted bench/memory.py's peaks at 1024 and 2048 px within 0.2% (docs/benchmarks.md). Before
-# that measurement CUDA took the CPU's scales and 256 MB: 15% short at 2048 px with checkpointing.
-CALIBRATION: dict[tuple[DeviceType, bool], Calibration] = {
-    ("cpu", False): Calibration(scale=0.989, fixed=4_900_000),
-    ("cpu", True): Calibration(scale=0.910, fixed=11_000_000),
-    ("cuda", False): Calibration(scale=0.923, fixed=31_900_000),
-    ("cuda", True): Calibration(scale=1.128, fixed=3_500_000),
+# of the resident set at 128 to 512 px; bf16 on a CPU takes them too). CUDA's by a worker's
+# calibration on an NVIDIA H200 (torch 2.11.0+cu130, channels_last, eager, max_memory_allocated
+# at 256 to 768 px), in bf16 (the default) and in fp32, whose scales differ by up to a fifth; the
+# bf16 fit predicted bench/memory.py's peaks at 1024 and 2048 px within 0.2% (docs/benchmarks.md).
+# Before that measurement CUDA took the CPU's scales and 256 MB: 15% short at 2048 px with
+# checkpointing.
+CALIBRATION: dict[tuple[DeviceType, Precision, bool], Calibration] = {
+    ("cpu", "fp32", False): Calibration(scale=0.989, fixed=4_900_000),
+    ("cpu", "fp32", True): Calibration(scale=0.910, fixed=11_000_000),
+    ("cpu", "bf16", False): Calibration(scale=0.989, fixed=4_900_000),
+    ("cpu", "bf16", True): Calibration(scale=0.910, fixed=11_000_000),
+    ("cuda", "bf16", False): Calibration(scale=0.923, fixed=31_900_000),
+    ("cuda", "bf16", True): Calibration(scale=1.128, fixed=3_500_000),
+    ("cuda", "fp32", False): Calibration(scale=0.995, fixed=3_400_000),
+    ("cuda", "fp32", True): Calibration(scale=0.921, fixed=2_900_000),
 }
 
 
@@ -93,9 +99,10 @@ class MemoryModel:
         return cls(parts[0], parts[1], "measured" if data.get("source") == "measured" else "written")
 
 
-def written_model(device_type: DeviceType) -> MemoryModel:
-    """The written constants for a device type."""
-    return MemoryModel(CALIBRATION[(device_type, False)], CALIBRATION[(device_type, True)], "written")
+def written_model(device_type: DeviceType, precision: Precision = "fp32") -> MemoryModel:
+    """The written constants for a device type and precision."""
+    plain, lean = CALIBRATION[(device_type, precision, False)], CALIBRATION[(device_type, precision, True)]
+    return MemoryModel(plain, lean, "written")
 
 
 @dataclass(frozen=True)
@@ -228,7 +235,7 @@ def estimate_bytes(
     other working sizes the job runs at (coarse-to-fine), whose peak comes and goes before the
     last one's. `model`: the device's own constants (a calibrated worker's), else the written ones.
     """
-    calibration = (model or written_model(device_type)).constants(checkpointing)
+    calibration = (model or written_model(device_type, precision)).constants(checkpointing)
     peak = max(count_bytes(s, params, precision, checkpointing).total for s in (size, *sizes))
     extra = ORIGINAL_BYTES_PER_PIXEL * original[0] * original[1] if original else 0
     return math.ceil(calibration.scale * peak) + calibration.fixed + extra

@@ -21,6 +21,7 @@ Markers (registered in pyproject.toml): a test whose fixtures start a stack (`sh
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -38,6 +39,10 @@ ROOT = Path(__file__).resolve().parent.parent
 SAMPLES = ROOT / "examples" / "images"
 # The shared stack's settings: CORS for test_service, quick SSE keep-alives for test_events; no
 # other module's tests notice either.
+# Every process a test starts inherits this: a worker skips the device checks (about 50 s a
+# start on a 2-core CPU) unless its test turns them on (the shared stack below, the calibration tests).
+os.environ.setdefault("NST_CALIBRATE", "0")
+
 SHARED_ENV = {
     "NST_CORS_ORIGINS": "http://front.example",
     "NST_SSE_HEARTBEAT_SECONDS": "0.5",

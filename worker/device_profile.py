@@ -34,7 +34,7 @@ class DeviceProfile:
             "precision": self.precision,
             "memory_budget_bytes": self.memory_budget_bytes,
             "compile": self.compile,
-            "memory_model": (self.memory_model or written_model(self.device_type)).report(),
+            "memory_model": (self.memory_model or written_model(self.device_type, self.precision)).report(),
         }
         if self.calibration is not None:
             report |= self.calibration.report()

@@ -244,7 +244,7 @@ def _measure(settings: Any, device: Any, seed_loop: bool, findings: Findings) ->
             speed["ratio"] = round(speed["seed_loop_ms"] / result.ms_per_iteration, 2)
     findings.facts["speed"] = speed
     budget = settings.memory_budget_bytes or default_budget(str(device))
-    written = written_model("cuda" if device.type == "cuda" else "cpu")
+    written = written_model("cuda" if device.type == "cuda" else "cpu", result.precision)
     findings.facts["memory"] = {
         "budget_bytes": budget,
         "budget": describe_bytes(budget),
