@@ -27,6 +27,7 @@ from typing import Literal, TypeVar
 import torch
 from PIL import Image, ImageDraw
 
+from core.batching import BatchPolicy
 from core.decode import Size
 from core.engine import (
     TEST_FAULTS,
@@ -141,6 +142,7 @@ class DeviceCalibration:
     peaks: tuple[PeakPoint, ...] = ()
     timings: dict[str, float] = field(default_factory=dict)  # ms/iteration by path (compiled, eager)
     precision_gap: float | None = None
+    batch: BatchPolicy | None = None  # how many images batching pays for (None: not measured)
 
     def report(self) -> dict[str, object]:
         """What a worker's heartbeat adds to its profile."""

@@ -23,13 +23,17 @@ from typing import Any, Literal
 
 import torch
 
-from core.objective import LossFunction
+from core.objective import BatchLoss, LossFunction
 from core.params import StyleParams
 from core.vgg import VGGFeatures
 
 log = logging.getLogger(__name__)
 
 LossCall = Callable[[torch.Tensor, list[torch.Tensor], list[torch.Tensor]], torch.Tensor]
+# Images, each one's content targets, style targets and (alpha, beta, tv_weight): (B, 4) terms.
+BatchLossCall = Callable[
+    [list[torch.Tensor], list[list[torch.Tensor]], list[list[torch.Tensor]], list[tuple[Any, Any, Any]]], torch.Tensor
+]
 
 # Faults a test asks of this process, comma-separated (core.calibration's checks must catch them):
 # "compile" makes every compiled call raise, "bf16" makes the bf16 calibration run stray.
@@ -127,7 +131,27 @@ def loss_function(extractor: VGGFeatures, params: StyleParams, options: EngineOp
     eager = LossFunction(extractor, params, bf16=options.precision == "bf16")
     if not options.compile:
         return eager
-    key = (
+    call: LossCall = _compiled_or_eager(_key(extractor, eager, options), eager, extractor.input_offset.device)
+    return call
+
+
+def batch_loss_function(extractor: VGGFeatures, params: StyleParams, options: EngineOptions) -> BatchLossCall:
+    """The loss of a batch of images that share `params`' network (core.batching): one pass for
+    all, each image's terms with its own targets and weights. Compiled when the options say so;
+    torch.compile then keeps one graph per working size and batch size."""
+    eager = BatchLoss(LossFunction(extractor, params, bf16=options.precision == "bf16"))
+    if not options.compile:
+        return eager
+    # Not alpha, beta or tv_weight: each image brings its own (tensors, when compiled).
+    objective = eager.objective
+    key = ("batch", id(extractor.features[0]), extractor.layers, extractor.checkpointing,
+           objective.content_layer_weights, objective.style_layer_weights, objective.style_kind, options)  # fmt: skip
+    batched: BatchLossCall = _compiled_or_eager(key, eager, extractor.input_offset.device)
+    return batched
+
+
+def _key(extractor: VGGFeatures, eager: LossFunction, options: EngineOptions) -> tuple[object, ...]:
+    return (
         id(extractor.features[0]),  # the shared, cached network (core.vgg keeps it alive)
         extractor.layers,
         extractor.checkpointing,
@@ -139,6 +163,10 @@ def loss_function(extractor: VGGFeatures, params: StyleParams, options: EngineOp
         eager.style_kind,
         options,
     )
+
+
+def _compiled_or_eager(key: tuple[object, ...], eager: Callable[..., torch.Tensor], device: torch.device) -> Any:
+    """`eager` compiled once per key (and kept), run eagerly instead if compiling fails."""
     with _lock:
         if key in _failed:
             return eager
@@ -147,24 +175,24 @@ def loss_function(extractor: VGGFeatures, params: StyleParams, options: EngineOp
             # recompile_limit since torch 2.6 or so; cache_size_limit before (torch>=2.4 is allowed).
             name = "recompile_limit" if hasattr(dynamo_config, "recompile_limit") else "cache_size_limit"
             setattr(dynamo_config, name, max(getattr(dynamo_config, name), RECOMPILE_LIMIT))
-            mode = "reduce-overhead" if extractor.input_offset.device.type == "cuda" else "default"
+            mode = "reduce-overhead" if device.type == "cuda" else "default"
             _compiled[key] = torch.compile(eager, mode=mode, dynamic=False)
         compiled = _compiled[key]
-    run_eager: LossCall = eager  # the same module, as the call it is (Module.__call__ returns Any)
 
-    def call(x: torch.Tensor, content: list[torch.Tensor], style: list[torch.Tensor]) -> torch.Tensor:
+    def call(*args: Any) -> torch.Tensor:
         if key in _failed:
-            return run_eager(x, content, style)
+            return eager(*args)
         try:
             if "compile" in TEST_FAULTS:
                 raise InjectedFault("compiling failed: NST_TEST_FAULTS=compile")
-            return compiled(x, content, style)
+            result: torch.Tensor = compiled(*args)
+            return result
         except Exception as exc:  # a backend that cannot compile this graph: run it eagerly
             log.warning("torch.compile failed (%s: %s); running eagerly", type(exc).__name__, exc)
             with _lock:
                 _failed.add(key)
                 compile_errors.append(f"{type(exc).__name__}: {exc}")
-            return run_eager(x, content, style)
+            return eager(*args)
 
     return call
 

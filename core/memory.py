@@ -266,6 +266,12 @@ def plan(
     return MemoryEstimate(lean, checkpointing=True)
 
 
+def batch_bytes(estimates: Sequence[int], fixed: int) -> int:
+    """The peak of a batch whose images alone would need `estimates`: the network and the
+    runtime (`fixed`, from the same constants) are there once, the rest once per image."""
+    return fixed + sum(estimate - fixed for estimate in estimates)
+
+
 class JobTooBig(ValueError):
     """The job needs more than the budget even with checkpointing; `str()` says so to its client."""
 

@@ -53,6 +53,20 @@ class LossFunction(nn.Module):
         """A 4-vector (total, content, style, tv), fp32, without leaving the device."""
         with torch.autocast(device_type=x.device.type, dtype=torch.bfloat16, enabled=self.bf16):
             maps = self.extractor(x)
+        return self.terms(x, maps, content_targets, style_targets, self.alpha, self.beta, self.tv_weight)
+
+    def terms(
+        self,
+        x: torch.Tensor,
+        maps: Sequence[torch.Tensor],
+        content_targets: list[torch.Tensor],
+        style_targets: list[torch.Tensor],
+        alpha: float | torch.Tensor,
+        beta: float | torch.Tensor,
+        tv_weight: float | torch.Tensor,
+    ) -> torch.Tensor:
+        """The loss terms of one image from its feature maps (a batched pass hands each image its
+        slice of the maps, and its own weights: core.batch)."""
         zero = x.new_zeros((), dtype=torch.float32)
         content = zero
         for weight, f, target in zip(
@@ -69,9 +83,40 @@ class LossFunction(nn.Module):
                 style = style + weight * checkpoint(layer_loss, f, *layer_targets, use_reentrant=False)
             else:
                 style = style + weight * layer_loss(f, *layer_targets)
-        tv = total_variation(x) if self.tv_weight > 0 else zero
-        total = self.alpha * content + self.beta * style + self.tv_weight * tv
+        uses_tv = isinstance(tv_weight, torch.Tensor) or tv_weight > 0
+        tv = total_variation(x) if uses_tv else zero
+        total = alpha * content + beta * style + tv_weight * tv
         return torch.stack([total, content, style, tv])
+
+
+class BatchLoss(nn.Module):
+    """The loss terms of several images in one network pass: (B, 4), a row per image.
+
+    The images share the network (core.batching says when they may); each brings its own
+    targets and (alpha, beta, tv_weight). Convolutions treat the images of a batch apart, so a
+    row is its image's terms as LossFunction computes them alone, up to the kernels' rounding.
+    """
+
+    def __init__(self, objective: LossFunction) -> None:
+        super().__init__()
+        self.objective = objective
+
+    def forward(
+        self,
+        xs: list[torch.Tensor],
+        content_targets: list[list[torch.Tensor]],
+        style_targets: list[list[torch.Tensor]],
+        weights: list[tuple[float | torch.Tensor, float | torch.Tensor, float | torch.Tensor]],
+    ) -> torch.Tensor:
+        objective = self.objective
+        x = torch.cat(xs) if len(xs) > 1 else xs[0]
+        with torch.autocast(device_type=x.device.type, dtype=torch.bfloat16, enabled=objective.bf16):
+            maps = objective.extractor(x)
+        rows = [
+            objective.terms(xs[i], [f[i : i + 1] for f in maps], content_targets[i], style_targets[i], *weights[i])
+            for i in range(len(xs))
+        ]
+        return torch.stack(rows)
 
 
 @torch.no_grad()
