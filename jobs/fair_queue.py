@@ -21,3 +21,7 @@ from jobs import scripts
 # How many jobs start before a queued one, in fair order: KEYS running (RUNNING_KEY), served
 # (SERVED_KEY); ARGV job, layout. Replies that count (0: it starts next), or None if not queued.
 QUEUE_POSITION = scripts.load("position")
+
+# The next job in fair order and its batch key, without taking it: KEYS running, served; ARGV
+# layout. Replies {id, batch key (JSON)}, or {False, False} when nothing is queued.
+PEEK_NEXT = scripts.load("peek")

@@ -93,6 +93,10 @@ class JobRecord(BaseModel):
     # Webhooks (jobs/webhooks.py): the URL checked at submit, and the events it gets.
     webhook: str | None = None
     webhook_events: list[str] = Field(default_factory=list)
+    # Jobs with the same key can share one batched optimisation (core.batching); None: it runs alone.
+    batch_key: str | None = None
+    content_size: list[int] | None = None  # the content image's [height, width]
+    sweep: str | None = None  # the sweep the job is a cell of (jobs/sweeps.py), if any
 
     @property
     def total(self) -> int:

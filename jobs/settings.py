@@ -6,6 +6,7 @@ import base64
 import binascii
 from functools import lru_cache
 from pathlib import Path
+from typing import Annotated, Literal
 
 from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -71,6 +72,9 @@ class Settings(BaseSettings):
     max_iterations: int = Field(20_000, ge=1, description="per job")
     max_side: int = Field(4096, ge=16, description="largest working height or width")
     max_queued_jobs: int = Field(1000, ge=1, description="jobs waiting; past it, 429")
+    max_sweep_cells: int = Field(
+        24, ge=1, description="jobs one sweep (POST /sweeps) may make: the product of its grid's axes; past it, 422"
+    )
     max_header_bytes: int = Field(
         65_536, ge=4096, description="a request's headers larger than this are refused (431) and the connection closed"
     )
@@ -133,6 +137,12 @@ class Settings(BaseSettings):
         "auto",
         description="square working sides at which a worker measures its peak memory at start: two or more, "
         "comma-separated, or auto (192,256,320 on the CPU, 256,512,768 on CUDA)",
+    )
+    # Continuous batching (core.batch, worker/batch_runner.py).
+    max_batch: Literal["auto"] | Annotated[int, Field(ge=1, le=64)] = Field(
+        "auto",
+        description="images one optimisation may hold (1: never batch); auto: what the worker measured at start "
+        "(NST_CALIBRATE), else 8 on CUDA and 4 on the CPU below 96x96 pixels; always within the memory budget",
     )
     # Webhooks (jobs/webhooks.py).
     webhook_secret: SecretStr | None = Field(

@@ -19,7 +19,7 @@ from redis.typing import EncodableT
 
 from jobs import scripts, telemetry
 from jobs.blobs import BlobStore, checkpoint_path, input_paths
-from jobs.fair_queue import QUEUE_POSITION
+from jobs.fair_queue import PEEK_NEXT, QUEUE_POSITION
 from jobs.keys import (
     EVENTS_MAXLEN,
     JOBS_KEY,
@@ -88,6 +88,7 @@ class JobStore:
         self._adopt = _ADOPT.register(client)
         self._delete = _DELETE.register(client)
         self._position = QUEUE_POSITION.register(client)
+        self._peek = PEEK_NEXT.register(client)
         self.layout = lua_layout()
 
     def close(self) -> None:
@@ -180,6 +181,15 @@ class JobStore:
             keys={"running": RUNNING_KEY, "served": SERVED_KEY}, args={"job": job_id, "layout": self.layout}
         )
         return None if ahead is None else int(ahead) + 1
+
+    def peek_next(self) -> tuple[str, str | None] | None:
+        """The job that would be claimed next in fair order, and its batch key; None when nothing
+        is queued. A batching worker claims it (`claim`) only if it can join its batch."""
+        reply = self._peek(keys={"running": RUNNING_KEY, "served": SERVED_KEY}, args={"layout": self.layout})
+        if not reply or reply[0] is None:
+            return None
+        key = decode_value(reply[1])
+        return reply[0].decode(), key if isinstance(key, str) else None
 
     def inputs(self, job_id: str, style_count: int, blobs: BlobStore | None = None) -> tuple[bytes, list[bytes]] | None:
         """The job's content and styles, from `blobs` for a job whose files are there (its record's

@@ -21,8 +21,9 @@ class WorkerContext:
     settings: Settings
     store: JobStore
     name: str
-    # (job id, run token) of the job this process runs now; the heartbeat renews its lease.
-    current: tuple[str, str] | None = None
+    # The jobs this process runs now (several in a batch), job id -> run token; the heartbeat
+    # renews their leases.
+    running: dict[str, str] = field(default_factory=dict)
     lock: threading.Lock = field(default_factory=threading.Lock)
     _profile: DeviceProfile | None = None
     # The latest rate a job of this process reported (set on the loop's thread, read by the heartbeat's).

@@ -8,6 +8,7 @@ from dataclasses import dataclass
 
 import torch
 
+from core.batching import BatchPolicy, setting_policy, written_policy
 from core.calibration import CalibrationConfig, DeviceCalibration, calibrate, not_calibrated
 from core.memory import DeviceType, MemoryModel, Precision, default_budget, written_model
 from jobs.settings import Settings
@@ -26,6 +27,7 @@ class DeviceProfile:
     compile: bool = False
     memory_model: MemoryModel | None = None  # None: the written constants
     calibration: DeviceCalibration | None = None  # what the worker measured at start
+    batch: BatchPolicy | None = None  # None: the written policy for its device type
 
     def report(self) -> dict[str, object]:
         report: dict[str, object] = {
@@ -38,7 +40,12 @@ class DeviceProfile:
         }
         if self.calibration is not None:
             report |= self.calibration.report()
+        report["batch"] = self.batch_policy.report()
         return report
+
+    @property
+    def batch_policy(self) -> BatchPolicy:
+        return self.batch or written_policy(self.device_type)
 
 
 def calibrate_device(settings: Settings) -> DeviceCalibration:
@@ -77,7 +84,14 @@ def measure_profile(settings: Settings, calibration: DeviceCalibration | None = 
     options = EngineOptions.for_device(device)  # after calibrate_device: what it decided
     model = calibration.model if calibration is not None else None
     device_type: DeviceType = "cuda" if device.type == "cuda" else "cpu"
-    return DeviceProfile(str(device), device_type, options.precision, budget, options.compile, model, calibration)
+    if settings.max_batch != "auto":
+        batch = setting_policy(settings.max_batch)
+    else:
+        measured = calibration.batch if calibration is not None else None
+        batch = measured or written_policy(device_type)
+    return DeviceProfile(
+        str(device), device_type, options.precision, budget, options.compile, model, calibration, batch
+    )
 
 
 def is_out_of_memory(exc: BaseException) -> bool:

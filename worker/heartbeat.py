@@ -1,4 +1,4 @@
-"""The worker's background thread: it says the worker is alive, renews the lease of the job it
+"""The worker's background thread: it says the worker is alive, renews the leases of the jobs it
 runs, requeues jobs whose worker died (any live worker does this for all), and starts the blob
 store's sweep when it is this worker's turn (worker/sweeper.py)."""
 
@@ -19,9 +19,8 @@ def beat_once(context: WorkerContext) -> None:
     store, settings = context.store, context.settings
     store.worker_registry(settings.worker_heartbeat_seconds).heartbeat(context.name, context.report())
     with context.lock:
-        current = context.current
-    if current is not None:
-        job_id, token = current
+        running = list(context.running.items())
+    for job_id, token in running:
         if not store.renew_lease(job_id, token, settings.lease_seconds):
             log.warning("job %s: lease lost; the run will stop at its next check", job_id)
     for job_id, outcome in store.reap(settings.max_attempts):
