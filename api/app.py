@@ -17,7 +17,7 @@ from api.limits import BodySizeLimit
 from api.metrics import HttpMetricsMiddleware, ServiceMetrics
 from api.openapi import install_openapi
 from api.problems import install_problem_handlers
-from api.routes import events, health, images, jobs, metrics, web
+from api.routes import events, health, images, jobs, metrics, sweeps, timelapse, web
 from api.routes.jobs import tenant_limits
 from api.security import RequestGuard
 from api.upload_gate import upload_gate
@@ -75,7 +75,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.metrics = ServiceMetrics(app.state.store.redis, settings.worker_heartbeat_seconds)
     install_problem_handlers(app)
     install_openapi(app)
-    for module in (jobs, images, events, health, metrics, web):
+    for module in (jobs, images, timelapse, sweeps, events, health, metrics, web):
         # The routers' routes join the app's own list: include_router wraps each router and
         # matches a request twice, which costs a poll about a tenth of its time. (So app-level
         # dependencies and dependency_overrides do not reach them; none are used.)
@@ -96,6 +96,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                 "Content-Range",
                 "Accept-Ranges",
                 "Content-Length",
+                "Preference-Applied",
+                "Content-Location",
             ],
         )
     # Every file at its limit, plus room for the form's other fields and boundaries.

@@ -192,6 +192,18 @@ PROBLEM_TYPES: dict[str, ProblemType] = {
         "Range not satisfiable",
         "The Range header asks for bytes the image does not have; Content-Range says its size.",
     ),
+    "no-snapshot-yet": ProblemType(
+        409,
+        "No snapshot yet",
+        "The job has no snapshot yet (it is queued, or has not reached its first iteration), so there is nothing "
+        "to make a timelapse of. Its first snapshot comes at iteration 1; watch GET /jobs/{id} or its events.",
+    ),
+    "timelapse-unsupported": ProblemType(
+        501,
+        "Timelapse not supported",
+        "This API process's Pillow cannot write animated WebP (it was built without libwebp's animation "
+        "support), so GET /jobs/{id}/timelapse is not available here; the snapshots themselves are.",
+    ),
 }
 
 

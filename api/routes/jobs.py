@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import hashlib
 import logging
@@ -21,14 +22,17 @@ from api.auth import CallerDep, authenticate
 from api.decode_budget import PixelBudget
 from api.deps import BlobsDep, CeleryDep, ReaderDep, SettingsDep, StoreDep
 from api.direct_route import DirectRoute
+from api.event_hub import EventHub
 from api.multipart import form_files, form_text, read_job_form
-from api.openapi import SUBMIT_BODY, UNAVAILABLE, job_links, problems
+from api.openapi import PREFER_WAIT, PREFERENCE_APPLIED, SUBMIT_BODY, UNAVAILABLE, job_links, problems
+from api.prefer_wait import requested_wait, wait_for_end
 from api.problems import Problem, not_found, validation_problem
 from api.redis_room import check_redis_room
 from api.schemas import JobList
 from api.upload_gate import upload_slot
 from api.uploads import check_image, parse_params, upload_size
 from api.webhook_form import WebhookRequest, check_webhook, read_webhook_fields
+from core.batching import batch_key
 from jobs.blobs import BlobError, BlobStore, StoreFull, content_path, input_paths, style_path
 from jobs.queue import send_turn
 from jobs.reader import JobReader
@@ -69,12 +73,28 @@ def view_of(record: JobRecord, store: JobStore) -> dict[str, Any]:
     return job_view(record.model_dump(), None if position is None else position - 1)
 
 
+# submit_job's answers: 202 queued, or 200 when `Prefer: wait=N` saw the job end.
+SUBMITTED: dict[int | str, dict[str, Any]] = {
+    200: {
+        "model": JobPublic,
+        "description": "with `Prefer: wait=N`: the job ended (succeeded, failed or was canceled) within N seconds",
+        "headers": LOCATION | PREFERENCE_APPLIED,
+        "links": job_links("$response.body#/id"),
+    },
+    202: {
+        "description": "queued (with `Prefer: wait=N`: it had not ended after N seconds)",
+        "headers": LOCATION | PREFERENCE_APPLIED,
+        "links": job_links("$response.body#/id"),
+    },
+}
+
+
 @router.post(
     "",
     status_code=202,
     operation_id="submit_job",
     response_model=JobPublic,
-    responses={202: {"description": "queued", "headers": LOCATION, "links": job_links("$response.body#/id")}}
+    responses=SUBMITTED
     | problems(
         e413="an upload, a field or the whole request is too large",
         e415="the body is not multipart/form-data, or an upload is not an image",
@@ -85,12 +105,16 @@ def view_of(record: JobRecord, store: JobStore) -> dict[str, Any]:
         "the uploads (`storage-unavailable`): nothing was stored",
         e507="the blob store has no room for the uploads (`storage-full`): nothing was stored",
     ),
-    openapi_extra={"requestBody": SUBMIT_BODY},
+    openapi_extra={"requestBody": SUBMIT_BODY, "parameters": [PREFER_WAIT]},
 )
 async def submit_job(
     request: Request, store: StoreDep, settings: SettingsDep, celery: CeleryDep, blobs: BlobsDep, caller: CallerDep
 ) -> Response:
-    """Queue a style transfer job; answers 202 with the job and its URL in Location."""
+    """Queue a style transfer job; answers 202 with the job and its URL in Location. With `Prefer:
+    wait=N` (seconds, at most 60) it answers 200 with the finished job if it ends within N seconds
+    of the request."""
+    started = asyncio.get_running_loop().time()
+    wait = requested_wait(request.headers.getlist("prefer"))
     limits: TenantLimits = request.app.state.tenant_limits
     # A tenant over a limit is told before its upload is read (the limits are taken for good, with
     # the job's own bytes, once the upload is checked).
@@ -101,8 +125,23 @@ async def submit_job(
     # here, their bodies unread, so that polls and event streams are served meanwhile.
     async with upload_slot(request):
         record = await read_and_accept(request, store, settings, celery, blobs, caller, limits)
-    job = await run_in_threadpool(view_of, record, store)
-    return json_response(job, 202, {"Location": job_url(record.id)})
+    headers = {"Location": job_url(record.id), "Vary": "Prefer"}
+    if wait is None:
+        return json_response(await run_in_threadpool(view_of, record, store), 202, headers)
+    # The wait counts from the request's arrival, its upload included.
+    left = wait - (asyncio.get_running_loop().time() - started)
+    headers["Preference-Applied"] = f"wait={wait}"
+    hub: EventHub = request.app.state.hub
+    reader: JobReader = request.app.state.reader
+    finished = await wait_for_end(hub, reader, record.id, caller, max(left, 0.0), request.receive)
+    if finished is not None:
+        return json_response(finished, 200, headers | {"Content-Location": job_url(record.id)})
+    # Not ended: the job as it is now (running, perhaps), as GET /jobs/{id} would show it.
+    with contextlib.suppress(redis.RedisError):
+        now = await reader.job(record.id, caller, settings.worker_heartbeat_seconds)
+        if now is not None:
+            return json_response(now, 202, headers)
+    return json_response(await run_in_threadpool(view_of, record, store), 202, headers)
 
 
 async def read_and_accept(
@@ -161,10 +200,11 @@ def accept_job(
     budget: PixelBudget | None = None,
     limits: TenantLimits | None = None,
     blobs: BlobStore | None = None,
+    sweep: str | None = None,
 ) -> JobRecord:
     """Check everything, store the uploads in the blob store and the job in Redis, then queue it;
     nothing is kept on error, objects included. `owner`: the id of the caller's API key (None
-    without keys), to whom the job belongs."""
+    without keys), to whom the job belongs; `sweep`: the sweep it is a cell of (api/routes/sweeps.py)."""
     budget = budget or PixelBudget(settings.decode_pixel_budget, settings.decode_wait_seconds)
     limits = limits or tenant_limits(store, settings)
     blobs = blobs or BlobStore(settings.blob_store, settings.blob_min_free_bytes)
@@ -189,6 +229,9 @@ def accept_job(
         owner=owner,
         input_bytes=input_bytes,
         blobs=True,
+        batch_key=batch_key(job_params, (height, width)),
+        content_size=[height, width],
+        sweep=sweep,
         **webhook,
     )
     tenant = tenant_of(owner)
