@@ -61,7 +61,7 @@ CallerDep = Annotated[str | None, Depends(_caller)]
 
 def declare_bearer_security(app: FastAPI, schema: dict[str, Any]) -> None:
     """With keys on, the OpenAPI document says so: a bearer scheme, required by every `/jobs`
-    operation, each of which may answer 401. Without keys it says nothing (nothing is needed)."""
+    and `/sweeps` operation, each of which may answer 401. Without keys it says nothing (nothing is needed)."""
     if getattr(app.state, "keyring", None) is None:
         return
     schema.setdefault("components", {}).setdefault("securitySchemes", {})[SCHEME_NAME] = {
@@ -71,7 +71,7 @@ def declare_bearer_security(app: FastAPI, schema: dict[str, Any]) -> None:
     }
     challenge = {"description": "the challenge (RFC 6750)", "schema": {"type": "string"}}
     for path, operations in schema["paths"].items():
-        if path != "/jobs" and not path.startswith("/jobs/"):
+        if path.split("/")[1] not in ("jobs", "sweeps"):
             continue
         for operation in operations.values():
             operation["security"] = [{SCHEME_NAME: []}]
@@ -80,6 +80,6 @@ def declare_bearer_security(app: FastAPI, schema: dict[str, Any]) -> None:
                 "headers": {"WWW-Authenticate": challenge},
                 "content": {PROBLEM_MEDIA_TYPE: {"schema": {"$ref": "#/components/schemas/Problem"}}},
             }
-            if operation.get("operationId") == "submit_job" and "429" in operation["responses"]:
+            if operation.get("operationId") in ("submit_job", "submit_sweep") and "429" in operation["responses"]:
                 response = operation["responses"]["429"]
                 response["description"] += "; or this key has NST_MAX_ACTIVE_JOBS_PER_KEY jobs queued or running"

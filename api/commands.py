@@ -39,7 +39,20 @@ def add_commands(commands: argparse._SubParsersAction) -> None:  # type: ignore[
     submit.add_argument("--server", default="http://127.0.0.1:8000", help="the API; NST_API_KEY is sent as its key")
     submit.add_argument("--params", default=None, help="JSON object, e.g. '{\"iterations\": 500}'")
     submit.add_argument("--wait", action="store_true", help="poll until the job ends, with a progress bar")
-    submit.add_argument("-o", "--output", type=Path, default=None, help="save the result here (implies --wait)")
+    submit.add_argument(
+        "-o",
+        "--output",
+        type=Path,
+        default=None,
+        help="save the result (a sweep: its contact sheet) here; implies --wait",
+    )
+    submit.add_argument(
+        "--grid",
+        default=None,
+        help="a sweep: JSON object of up to two parameters and the values to try, e.g. "
+        "'{\"style_weight\": [100, 1000]}'; one job per combination (POST /sweeps)",
+    )
+    submit.add_argument("--each-style", action="store_true", help="a sweep: try the style images one by one")
     submit.set_defaults(handler=run_submit)
 
 
@@ -94,8 +107,21 @@ def run_api(args: argparse.Namespace, stderr: TextIO) -> None:
 
 
 def run_submit(args: argparse.Namespace, stderr: TextIO) -> None:
-    from api.client import submit_and_follow
+    from api.client import submit_and_follow, submit_sweep_and_follow
 
+    if args.grid is not None or args.each_style:
+        submit_sweep_and_follow(
+            server=args.server,
+            content=args.content,
+            styles=args.styles,
+            params=args.params,
+            grid=args.grid,
+            each_style=args.each_style,
+            wait=args.wait or args.output is not None,
+            output=args.output,
+            stream=stderr,
+        )
+        return
     submit_and_follow(
         server=args.server,
         content=args.content,

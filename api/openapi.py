@@ -142,6 +142,21 @@ def image_media_type(accept: str | None, media_type: str) -> str:
     return OCTET_STREAM if OCTET_STREAM in accept and "image/" not in accept else media_type
 
 
+# `Prefer: wait=N` on POST /jobs (RFC 7240; api/prefer_wait.py).
+PREFER_WAIT: dict[str, Any] = {
+    "name": "Prefer",
+    "in": "header",
+    "required": False,
+    "description": "`wait=N` (RFC 7240): wait up to N seconds (at most 60; more counts as 60) for the job to end, "
+    "and answer 200 with the finished job if it does, 202 as usual if not. Preferences it does not know, or a "
+    "`wait` that is not a number of seconds, are ignored.",
+    "schema": {"type": "string"},
+}
+PREFERENCE_APPLIED = {
+    "Preference-Applied": _header("`wait=N` when the answer waited (N: the seconds it allowed)", {"type": "string"})
+}
+
+
 SUBMIT_BODY: dict[str, Any] = {
     "required": True,
     "content": {
@@ -287,8 +302,10 @@ def apply_service_limits(schema: dict[str, Any], settings: Settings) -> None:
     ):
         bounds = components[name]["properties"][field]
         bounds["maximum"] = min(bounds.get("maximum", limit), limit)
-    form = schema["paths"]["/jobs"]["post"]["requestBody"]["content"]["multipart/form-data"]["schema"]
-    form["properties"]["style"]["maxItems"] = settings.max_styles
+    for path in ("/jobs", "/sweeps"):
+        if path in schema["paths"]:
+            form = schema["paths"][path]["post"]["requestBody"]["content"]["multipart/form-data"]["schema"]
+            form["properties"]["style"]["maxItems"] = settings.max_styles
 
 
 def install_openapi(app: FastAPI) -> None:

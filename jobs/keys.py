@@ -97,6 +97,13 @@ def owner_jobs_key(owner: str) -> str:
     return f"{PREFIX}:owner:{owner}:jobs"
 
 
+def sweep_key(sweep_id: str) -> str:
+    """A sweep (jobs/sweeps.py): its record as JSON, its owner, axes and cells with their job ids.
+    It expires with its jobs (each read extends it to the furthest of their expiries). Not the
+    blob store's sweeper (SWEEP_LOCK_KEY): a sweep here is a group of jobs over a parameter grid."""
+    return f"{PREFIX}:sweep:{sweep_id}"
+
+
 def owner_active_key(tenant: str) -> str:
     """Sorted set: the ids of one tenant's jobs that may still be queued or running (scored by
     when each was admitted), for NST_MAX_ACTIVE_JOBS_PER_KEY; jobs/tenancy.py drops the

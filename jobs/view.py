@@ -90,6 +90,7 @@ class JobPublic(BaseModel):
         description="whether the run recomputes activations to fit the worker's memory budget; null until it runs"
     )
     memory_bytes: int | None = Field(description="the run's estimated peak memory; null until it runs")
+    sweep: str | None = Field(None, description="the id of the sweep this job is a cell of (GET /sweeps/{id}), if any")
 
 
 class StatusEvent(BaseModel):
@@ -174,6 +175,7 @@ def job_view(record: dict[str, Any], queue_rank: int | None, speeds: Sequence[Wo
         "weights": record.get("weights"),
         "checkpointing": record.get("checkpointing"),
         "memory_bytes": record.get("memory_bytes"),
+        "sweep": record.get("sweep"),
     }
 
 

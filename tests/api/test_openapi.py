@@ -29,6 +29,12 @@ TINY = {"height": 32, "width": 32}
 
 OPERATION_IDS = {
     ("post", "/jobs"): "submit_job",
+    ("get", "/jobs/{job_id}/timelapse"): "get_timelapse",
+    ("post", "/sweeps"): "submit_sweep",
+    ("get", "/sweeps/{sweep_id}"): "get_sweep",
+    ("get", "/sweeps/{sweep_id}/sheet"): "get_sweep_sheet",
+    ("post", "/sweeps/{sweep_id}/cancel"): "cancel_sweep",
+    ("delete", "/sweeps/{sweep_id}"): "delete_sweep",
     ("get", "/jobs"): "list_jobs",
     ("get", "/jobs/{job_id}"): "get_job",
     ("post", "/jobs/{job_id}/cancel"): "cancel_job",
@@ -44,6 +50,12 @@ OPERATION_IDS = {
 # Each route's own error codes, and no others.
 ERROR_CODES = {
     "submit_job": {413, 415, 422, 429, 503, 507},
+    "get_timelapse": {404, 409, 416, 501, 503},
+    "submit_sweep": {413, 415, 422, 429, 503, 507},
+    "get_sweep": {404, 503},
+    "get_sweep_sheet": {404, 503},
+    "cancel_sweep": {404, 503},
+    "delete_sweep": {404, 503},
     "delete_job": {404, 503},
     "list_jobs": {422, 503},
     "get_job": {404, 503},
