@@ -75,6 +75,17 @@ export const cancelJob = (id) => getJSON(`/jobs/${encodeURIComponent(id)}/cancel
 /** POST /jobs with the multipart form; answers the job (202). */
 export const submitJob = (form) => getJSON("/jobs", { method: "POST", body: form });
 
+/** POST /sweeps with the multipart form (the job's fields, `grid`, `each_style`); answers the sweep (202). */
+export const submitSweep = (form) => getJSON("/sweeps", { method: "POST", body: form });
+export const sweepUrl = (id) => `/sweeps/${encodeURIComponent(id)}`;
+export const cancelSweep = (id) => getJSON(`${sweepUrl(id)}/cancel`, { method: "POST" });
+export const timelapseUrl = (id) => `/jobs/${encodeURIComponent(id)}/timelapse`;
+
+/** A sweep's view is final once its status is and every cell's job is (a cancel takes a moment);
+ *  a cell whose job was deleted or expired is "gone". */
+export const sweepFinal = (sweep) =>
+  ["finished", "canceled"].includes(sweep.status) && sweep.jobs.every((job) => isFinal(job) || job.status === "gone");
+
 /** Turn anything thrown into a problem object for display. */
 export function asProblem(error) {
   if (error instanceof ProblemError) return error.problem;

@@ -1,36 +1,51 @@
-// The page's entry point: hash routing between the form (#/ or no hash) and a job's page
-// (#/jobs/{id}). Hash routes need nothing from the server, so a job's URL can be opened
-// directly, shared and reloaded.
+// The page's entry point: hash routing between the form (#/ or no hash), a job's page
+// (#/jobs/{id}) and a sweep's grid (#/sweeps/{id}). Hash routes need nothing from the server, so
+// a job's or a sweep's URL can be opened directly, shared and reloaded.
 
 import { JobForm } from "./form.js";
 import { JobView } from "./job.js";
 import { placeError } from "./notice.js";
 import { RecentJobs } from "./recent.js";
+import { SweepView } from "./sweep.js";
 
 const formView = document.getElementById("form-view");
 const jobView = document.getElementById("job-view");
+const sweepView = document.getElementById("sweep-view");
 const recent = new RecentJobs(document.getElementById("recent-jobs"));
 const job = new JobView(jobView);
-let submitted = null; // the job just accepted, shown at once instead of waiting for GET /jobs/{id}
+const sweep = new SweepView(sweepView);
+let submitted = null; // the job or sweep just accepted, shown at once instead of waiting for its GET
 
-new JobForm(document.getElementById("job-form"), (accepted) => {
-  submitted = accepted;
-  location.hash = `#/jobs/${accepted.id}`;
-});
+new JobForm(
+  document.getElementById("job-form"),
+  (accepted) => {
+    submitted = accepted;
+    location.hash = `#/jobs/${accepted.id}`;
+  },
+  (accepted) => {
+    submitted = accepted;
+    location.hash = `#/sweeps/${accepted.id}`;
+  },
+);
 
 function route() {
-  const match = /^#\/jobs\/([^/?#]+)$/.exec(location.hash);
-  const id = match ? decodeURIComponent(match[1]) : null;
-  formView.hidden = Boolean(id);
-  jobView.hidden = !id;
-  if (id) {
+  const match = /^#\/(jobs|sweeps)\/([^/?#]+)$/.exec(location.hash);
+  const kind = match ? match[1] : null;
+  const id = match ? decodeURIComponent(match[2]) : null;
+  formView.hidden = Boolean(kind);
+  jobView.hidden = kind !== "jobs";
+  sweepView.hidden = kind !== "sweeps";
+  const known = submitted?.id === id ? submitted : undefined;
+  submitted = null;
+  if (kind !== "jobs") job.close();
+  if (kind !== "sweeps") sweep.close();
+  if (kind) {
     recent.stop();
-    placeError(document.getElementById("job-error-slot"));
-    job.open(id, submitted?.id === id ? submitted : undefined);
-    submitted = null;
+    placeError(document.getElementById(kind === "jobs" ? "job-error-slot" : "sweep-error-slot"));
+    if (kind === "jobs") job.open(id, known);
+    else sweep.open(id, known);
     window.scrollTo(0, 0);
   } else {
-    job.close();
     placeError(document.getElementById("form-error-slot"));
     document.title = "neural style transfer";
     recent.start();

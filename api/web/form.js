@@ -1,8 +1,10 @@
 // The submit form: content and style pickers, the parameters built from GET /parameters (main
 // ones up front, every other one under "Advanced"), and errors shown next to what caused them.
+// The same form starts a sweep (sweep-form.js adds its axes): one upload, one set of parameters.
 
-import { getParameters, submitJob, asProblem } from "./api.js";
+import { getParameters, submitJob, submitSweep, asProblem } from "./api.js";
 import { FilePicker } from "./files.js";
+import { SweepAxes } from "./sweep-form.js";
 import { buildField, readField, isDefault, reset, setFieldError } from "./schema.js";
 import { showError, clearError } from "./notice.js";
 
@@ -14,17 +16,21 @@ const HIDDEN = ["style_blend_weights"];
 const megabytes = (bytes) => `${Math.round(bytes / 1e5) / 10} MB`;
 
 export class JobForm {
-  /** root: the <form>; onSubmitted(job) runs with the accepted job (202). */
-  constructor(root, onSubmitted) {
+  /** root: the <form>; onSubmitted(job) runs with the accepted job (202), onSweep(sweep) with a sweep. */
+  constructor(root, onSubmitted, onSweep = () => {}) {
     this.root = root;
     this.onSubmitted = onSubmitted;
+    this.onSweep = onSweep;
     this.fields = new Map();
     this.button = root.querySelector("[data-testid=submit]");
-    this.label = this.button.textContent;
+    this.sweepRoot = root.querySelector(".sweep");
+    this.sweepButton = root.querySelector("[data-testid=submit-sweep]");
     root.addEventListener("submit", (event) => {
       event.preventDefault();
-      this.submit();
+      // Enter in an input of the sweep's part starts the sweep; anywhere else, the job.
+      this.submit(this.sweepRoot.contains(document.activeElement));
     });
+    this.sweepButton.addEventListener("click", () => this.submit(true));
     root.querySelector(".reset-params").addEventListener("click", () => {
       for (const field of this.fields.values()) reset(field);
       this.clearErrors();
@@ -58,7 +64,9 @@ export class JobForm {
     const size = megabytes(limits.max_upload_bytes);
     this.root.querySelector(".content-limits").textContent = `one image, up to ${size}`;
     this.root.querySelector(".style-limits").textContent = `up to ${limits.max_styles} images, ${size} each`;
+    this.sweep = new SweepAxes(this.sweepRoot, this.fields);
     this.button.disabled = false;
+    this.sweepButton.disabled = false;
   }
 
   addField(name, prop, container) {
@@ -106,12 +114,18 @@ export class JobForm {
     return errors;
   }
 
-  async submit() {
+  /** Submit a job, or with `sweep` a sweep of it (POST /sweeps: the same fields, and the axes). */
+  async submit(sweep = false) {
     await this.ready;
     if (!this.limits) return; // the schema did not load: the error box says why
     this.clearErrors();
     const { params, errors } = this.readParams();
     errors.push(...this.checkFiles());
+    const axes = sweep ? this.sweep.read() : null;
+    if (axes) {
+      errors.push(...axes.errors);
+      if (axes.eachStyle) delete params.style_blend_weights; // one style a cell: nothing to blend
+    }
     if (errors.length) {
       const detail = errors.map((e) => `${e.field}: ${e.message}`).join("; ");
       this.showProblem({ title: "Check the form", detail, errors });
@@ -121,15 +135,20 @@ export class JobForm {
     form.append("content", this.content.files()[0]);
     for (const file of this.styles.files()) form.append("style", file); // the field repeats per file
     form.append("params", JSON.stringify(params));
-    this.button.disabled = true;
-    this.button.textContent = "Uploading…";
+    if (axes && Object.keys(axes.grid).length) form.append("grid", JSON.stringify(axes.grid));
+    if (axes?.eachStyle) form.append("each_style", "true");
+    const button = sweep ? this.sweepButton : this.button;
+    const label = button.textContent;
+    this.button.disabled = this.sweepButton.disabled = true;
+    button.textContent = "Uploading…";
     try {
-      this.onSubmitted(await submitJob(form));
+      if (sweep) this.onSweep(await submitSweep(form));
+      else this.onSubmitted(await submitJob(form));
     } catch (error) {
       this.showProblem(asProblem(error));
     } finally {
-      this.button.disabled = false;
-      this.button.textContent = this.label;
+      this.button.disabled = this.sweepButton.disabled = false;
+      button.textContent = label;
     }
   }
 
@@ -138,6 +157,7 @@ export class JobForm {
     for (const field of this.fields.values()) setFieldError(field, "");
     this.content?.clearErrors();
     this.styles?.clearErrors();
+    this.sweep?.clearErrors();
   }
 
   /** The detail in the error box, and each of `errors` next to the input it names. */
@@ -153,6 +173,7 @@ export class JobForm {
   }
 
   showFieldError(path, message) {
+    if (this.sweep?.showFieldError(path, message)) return;
     const [head, name, ...rest] = path.split(".");
     const style = /^style(?:\[(\d+)\])?$/.exec(head);
     if (head === "params" && name === "style_blend_weights") {

@@ -1,8 +1,9 @@
 // The job page (#/jobs/{id}): status, progress and ETA, the latest snapshot, the loss chart, a
-// cancel button and, once succeeded, the result. Opened directly, reloaded or shared, it loads
-// the job and its whole loss history, then follows it live (live.js).
+// cancel button and, once succeeded, the result; once ended, a timelapse of its snapshots. Opened
+// directly, reloaded or shared, it loads the job and its whole loss history, then follows it live
+// (live.js).
 
-import { getJob, getLosses, cancelJob, isFinal, asProblem } from "./api.js";
+import { getJob, getLosses, cancelJob, isFinal, asProblem, timelapseUrl } from "./api.js";
 import { LossChart } from "./chart.js";
 import { h, $, show, duration, when, valueText } from "./dom.js";
 import { LossHistory } from "./history.js";
@@ -52,6 +53,11 @@ export class JobView {
       resultFigure: $("#result-figure", root),
       result: $("[data-testid=result]", root),
       download: $("#job-download", root),
+      sweep: $("#job-sweep", root),
+      timelapse: $("#timelapse", root),
+      timelapseImg: $("[data-testid=timelapse-image]", root),
+      timelapseLink: $("#timelapse-link", root),
+      timelapseError: $("#timelapse-error", root),
       weights: $("#job-weights", root),
       times: $("#job-times", root),
       params: $("#job-params", root),
@@ -61,6 +67,15 @@ export class JobView {
     this.resultImage = new JobImage(this.el.result, (src) => {
       this.el.download.href = src; // with an API key a blob: URL, which a plain link can download
     });
+    this.timelapseImage = new JobImage(this.el.timelapseImg, (src) => {
+      this.el.timelapseLink.href = src;
+    });
+    // Made from every snapshot on request: only loaded when someone opens it.
+    this.el.timelapse.addEventListener("toggle", () => this.renderTimelapse());
+    this.el.timelapseImg.addEventListener("error", () => {
+      if (this.el.timelapseImg.getAttribute("src")) show(this.el.timelapseError, true);
+    });
+    this.el.timelapseImg.addEventListener("load", () => show(this.el.timelapseError, false));
     this.el.cancel.addEventListener("click", () => this.cancel());
     this.id = null;
   }
@@ -74,6 +89,10 @@ export class JobView {
     this.el.id.textContent = id;
     this.snapshotImage.clear();
     this.resultImage.clear();
+    this.timelapseImage.clear();
+    this.el.timelapse.open = false;
+    this.el.timelapseLink.removeAttribute("href");
+    show(this.el.timelapseError, false);
     this.chart.update([], 1);
     if (known) this.applyJob(known);
     else this.render();
@@ -210,7 +229,8 @@ export class JobView {
     if (!job) {
       el.status.textContent = "";
       el.cancel.disabled = true;
-      for (const name of ["cancelNote", "queue", "snapshotFigure", "resultFigure", "waiting"]) {
+      const hidden = ["cancelNote", "queue", "snapshotFigure", "resultFigure", "waiting", "sweep", "timelapse"];
+      for (const name of hidden) {
         show(el[name], false);
       }
       return;
@@ -235,6 +255,9 @@ export class JobView {
     el.eta.textContent = eta + rate;
 
     this.renderImages(job);
+    // A cell of a sweep links back to the sweep's grid.
+    show(el.sweep, Boolean(job.sweep));
+    if (job.sweep) el.sweep.href = `#/sweeps/${encodeURIComponent(job.sweep)}`;
     el.weights.textContent = weightsText(job.weights);
     show(el.weights, Boolean(job.weights));
     const times = { created: job.created_at, started: job.started_at, finished: job.finished_at };
@@ -264,6 +287,17 @@ export class JobView {
       this.resultImage.show(job.result_url);
       el.download.setAttribute("download", `${job.id}.png`);
     }
+    this.renderTimelapse();
+  }
+
+  /** The timelapse is offered once the job has ended with snapshots, and fetched once opened. */
+  renderTimelapse() {
+    const { el, job } = this;
+    const offered = Boolean(job && isFinal(job) && job.snapshots.length > 0);
+    show(el.timelapse, offered);
+    if (!offered || !el.timelapse.open) return;
+    this.timelapseImage.show(timelapseUrl(job.id));
+    el.timelapseLink.setAttribute("download", `${job.id}-timelapse.webp`);
   }
 }
 

@@ -161,6 +161,46 @@ export function readField(field) {
   }
 }
 
+/** One value of a sweep's axis from its text: numbers for a numeric field, true/false, an enum's
+ *  own value, "none" for null where allowed; anything else is kept as the text. */
+function parseOne(field, text) {
+  const { kind, schema, nullable } = field;
+  if (nullable && /^(none|null)$/i.test(text)) return null;
+  if (kind === "number") return parseNumber(text, schema.type);
+  if (schema.type === "boolean") {
+    if (/^(true|false)$/i.test(text)) return text.toLowerCase() === "true";
+    throw new Error(`"${text}" is not true or false`);
+  }
+  if (kind === "enum") {
+    const match = schema.enum.find((v) => String(v) === text);
+    if (match === undefined) throw new Error(`"${text}" is not one of ${schema.enum.join(", ")}`);
+    return match;
+  }
+  if (kind === "string") return text;
+  throw new Error("write this parameter's values as a JSON list, e.g. [[...], [...]]");
+}
+
+/**
+ * The values of a sweep's axis over parameter `field`, from comma-separated text ("100, 1000") or
+ * a JSON list ("[[1, 2], [3, 4]]", for values that are lists themselves). {values} or {error}.
+ */
+export function parseValues(field, text) {
+  const trimmed = text.trim();
+  if (trimmed === "") return { error: "give one or more values" };
+  try {
+    if (trimmed.startsWith("[")) {
+      const values = JSON.parse(trimmed);
+      if (!Array.isArray(values) || values.length === 0) return { error: "a JSON list of one or more values" };
+      return { values };
+    }
+    const parts = trimmed.split(",").map((p) => p.trim());
+    if (parts.some((p) => p === "")) return { error: "an empty value between commas" };
+    return { values: parts.map((p) => parseOne(field, p)) };
+  } catch (error) {
+    return { error: error instanceof SyntaxError ? "not a valid JSON list" : error.message };
+  }
+}
+
 /** Whether a value is the schema's default (then it is not sent: the server fills it in). */
 export function isDefault(field, value) {
   return field.prop.default !== undefined && JSON.stringify(value) === JSON.stringify(field.prop.default);
