@@ -13,7 +13,8 @@ go on. Which jobs may share a batch: core.batching.
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import torch
@@ -22,7 +23,9 @@ from PIL import Image
 from core.batching import batch_key
 from core.checkpoint import Checkpoint
 from core.decode import image_size, to_rgb
+from core.device import is_out_of_memory
 from core.engine import BatchLossCall, batch_loss_function, mark_iteration
+from core.logs import job_context
 from core.optimizers import take_step
 from core.params import StyleParams
 
@@ -48,7 +51,11 @@ from core.weights import WeightsSource
 log = logging.getLogger(__name__)
 
 
-@dataclass
+class CannotBatch(ValueError):
+    """The job cannot share a batch (core.batching), or not this one: it runs alone."""
+
+
+@dataclass(eq=False)  # members are told apart by identity (their tensors do not compare)
 class BatchMember:
     """One job of a batched run, ready for its next iteration."""
 
@@ -58,7 +65,9 @@ class BatchMember:
     state: _State
     clock: _Clock
     run: _StageRun
-    result: StyleResult | None = None  # set when it leaves the batch
+    weights: tuple[float | torch.Tensor, float | torch.Tensor, float | torch.Tensor]  # alpha, beta, tv_weight
+    result: StyleResult | None = None  # set when it leaves the batch, unless it failed
+    error: Exception | None = None  # why it left without a result: its own hooks failed
 
     @property
     def done(self) -> int:
@@ -93,20 +102,27 @@ def batch_member(
     content = to_rgb(content)
     key = batch_key(params, image_size(content))
     if key is None:
-        raise ValueError("this job runs alone: L-BFGS and coarse-to-fine jobs cannot share a batch")
+        raise CannotBatch("this job runs alone: L-BFGS and coarse-to-fine jobs cannot share a batch")
     hooks = _Hooks(on_progress, should_stop, report_every, copy_image, on_checkpoint, checkpoint_every)
     job = _prepare(content, styles, params, device, weights, checkpointing, hooks)
     state = _State.resumed(job, resume) if resume is not None else _State.fresh(job.seed, job.device)
     clock = _Clock.started(state.done)
     run = _enter_stage(job, state, 0, job.stages[0])
-    return BatchMember(name=name, key=key, job=job, state=state, clock=clock, run=run)
+    return BatchMember(name=name, key=key, job=job, state=state, clock=clock, run=run, weights=_weights(job))
 
 
 class BatchedRun:
-    """The members optimised together now; `step` runs one iteration of each."""
+    """The members optimised together now; `step` runs one iteration of each.
+
+    An iteration passes the members through the network in chunks: all at once eagerly; in
+    batches of powers of two when compiled (torch.compile keeps a graph per batch size: 1, 2, 4
+    and 8 serve every count up to 15). A pass that runs out of memory is retried in chunks half
+    as large (nothing has been stepped yet), down to one image; `chunk` keeps the size that fits.
+    """
 
     def __init__(self) -> None:
         self.members: list[BatchMember] = []
+        self.chunk: int | None = None  # the most images one pass may hold; None: no limit found
         self._loss: BatchLossCall | None = None
 
     @property
@@ -117,63 +133,141 @@ class BatchedRun:
         return len(self.members)
 
     def add(self, member: BatchMember) -> None:
-        """`member` runs from the next step on (ValueError if it cannot share this batch)."""
+        """`member` runs from the next step on (CannotBatch if it cannot share this batch)."""
         if self.members:
             first = self.members[0]
             if member.key != first.key or member.job.checkpointing != first.job.checkpointing:
-                raise ValueError(f"job {member.name} cannot join this batch ({member.key} into {first.key})")
+                raise CannotBatch(f"job {member.name} cannot join this batch ({member.key} into {first.key})")
             if member.job.device != first.job.device or member.job.options != first.job.options:
-                raise ValueError(f"job {member.name} runs on another device or with other options")
+                raise CannotBatch(f"job {member.name} runs on another device or with other options")
         else:
             self._loss = batch_loss_function(member.job.extractor, member.job.params, member.job.options)
         self.members.append(member)
 
     def step(self) -> list[BatchMember]:
         """One iteration of every member that has one to run; returns the members that left
-        (finished, or stopped at their stop check), each with its `result`."""
-        left = [m for m in self.members if m.finished or m.job.hooks.stop_requested()]
+        (finished, or stopped at their stop check, each with its `result`; or failed in their own
+        hooks, with their `error`). Raises what the shared pass raised (out of memory even one
+        image at a time): then no member has been stepped."""
+        left = [m for m in self.members if m.error is None and (m.finished or self._stop_requested(m))]
         for member in left:
             member.state.stopped = not member.finished
-        active = [m for m in self.members if m not in left]
+        active = [m for m in self.members if m not in left and m.error is None]
         if active:
             self._iterate(active)
-            left.extend(m for m in active if m.finished)
+            left.extend(m for m in active if m.error is not None or m.finished)
         for member in left:
             self._finish(member)
         return left
 
+    def _stop_requested(self, member: BatchMember) -> bool:
+        with _logged_as(member):
+            try:
+                return member.job.hooks.stop_requested()
+            except Exception as exc:  # its own stop check broke: it alone leaves
+                member.error = exc
+                return False
+
     def _iterate(self, active: list[BatchMember]) -> None:
-        assert self._loss is not None  # made by the first add
         first = active[0].job
-        mark_iteration(first.options, first.device)
         for member in active:
             member.run.optimizer.zero_grad(set_to_none=True)
-        weights = [_weights(m.job) for m in active]
-        losses = self._loss(
-            [m.run.x for m in active],
-            [m.run.targets[0] for m in active],
-            [m.run.targets[1] for m in active],
-            weights,
-        )
-        # Each image's loss depends on that image alone: the sum's gradient is each one's own.
-        torch.autograd.backward(losses[:, 0].sum())
-        for member, row in zip(active, losses, strict=True):
-            job, state, run = member.job, member.state, member.run
-            iteration = state.done + 1
-            state.track_best(row, run.x, iteration)
-            state.done = iteration
-            _report(job, state, member.clock, run, iteration, row)
-            take_step(run.optimizer, row[0])
-            if state.average is not None:
-                state.average.update(run.x)
-            _checkpoint(job, state, run, iteration)
+        rows = self._losses(active, first)
+        for member, row in zip(active, rows, strict=True):
+            with _logged_as(member):
+                try:
+                    self._advance(member, row)
+                except Exception as exc:  # its own report or checkpoint broke: it alone leaves
+                    log.warning("job %s leaves the batch: %s: %s", member.name, type(exc).__name__, exc)
+                    member.error = exc
+
+    def _losses(self, active: list[BatchMember], first: _Job) -> list[torch.Tensor]:
+        """Every active member's loss terms, its image's gradient left in place."""
+        assert self._loss is not None  # made by the first add
+        while True:
+            try:
+                rows: list[torch.Tensor] = []
+                for chunk in _chunks(active, self.chunk, first.options.compile):
+                    mark_iteration(first.options, first.device)
+                    losses = self._loss(
+                        [m.run.x for m in chunk],
+                        [m.run.targets[0] for m in chunk],
+                        [m.run.targets[1] for m in chunk],
+                        [m.weights for m in chunk],
+                    )
+                    # Each image's loss depends on that image alone: the sum's gradient is each one's own.
+                    torch.autograd.backward(losses[:, 0].sum())
+                    # Copies: a CUDA graph's next replay (the next chunk of the same size) writes
+                    # its outputs, the gradients among them, into the same buffers.
+                    rows.extend(losses.detach().clone().unbind(0))
+                    if first.options.compile:
+                        for member in chunk:
+                            grad = member.run.x.grad
+                            member.run.x.grad = None if grad is None else grad.clone()
+                return rows
+            except Exception as exc:
+                largest = max(len(c) for c in _chunks(active, self.chunk, first.options.compile))
+                if not is_out_of_memory(exc) or largest == 1:
+                    raise
+                self.chunk = (largest + 1) // 2
+                log.warning("a batch of %d ran out of memory; passes of at most %d from now on", largest, self.chunk)
+                for member in active:
+                    member.run.optimizer.zero_grad(set_to_none=True)
+                if first.device.type == "cuda":
+                    torch.cuda.empty_cache()
+
+    def _advance(self, member: BatchMember, row: torch.Tensor) -> None:
+        """What a lone run does after its loss: keep the best, report, step, checkpoint."""
+        job, state, run = member.job, member.state, member.run
+        iteration = state.done + 1
+        state.track_best(row, run.x, iteration)
+        state.done = iteration
+        _report(job, state, member.clock, run, iteration, row)
+        take_step(run.optimizer, row[0])
+        if state.average is not None:
+            state.average.update(run.x)
+        _checkpoint(job, state, run, iteration)
 
     def _finish(self, member: BatchMember) -> None:
         self.members.remove(member)
+        if member.error is not None:
+            return
         state, run = member.state, member.run
         state.optimizer_state = run.optimizer.state_dict()
         state.x = run.x.detach()
-        member.result = _result(member.job, state, member.clock)
+        with _logged_as(member):
+            try:
+                member.result = _result(member.job, state, member.clock)
+            except Exception as exc:  # its own result broke (an averaged image's score, say)
+                member.error = exc
+
+
+def _chunks(members: list[BatchMember], chunk: int | None, compiled: bool) -> list[list[BatchMember]]:
+    """The passes of one iteration: at most `chunk` images each; powers of two when compiled."""
+    limit = chunk or len(members)
+    sizes: list[int] = []
+    left = len(members)
+    while left:
+        size = min(limit, left)
+        if compiled:
+            size = 1 << (size.bit_length() - 1)  # the largest power of two within it
+        sizes.append(size)
+        left -= size
+    passes, start = [], 0
+    for size in sizes:
+        passes.append(members[start : start + size])
+        start += size
+    return passes
+
+
+@contextmanager
+def _logged_as(member: BatchMember) -> Iterator[None]:
+    """Records logged for a member carry its job's id (core.logs), not the batch's first job's."""
+    if not member.name:
+        yield
+        return
+    with job_context(member.name):
+        yield
 
 
 def _weights(job: _Job) -> tuple[float | torch.Tensor, float | torch.Tensor, float | torch.Tensor]:

@@ -13,3 +13,10 @@ def resolve_device(device: str | torch.device | None = None) -> torch.device:
     if resolved.type == "cuda" and not torch.cuda.is_available():
         raise ValueError(f"device {device!r} asked for, but this machine has no CUDA device")
     return resolved
+
+
+def is_out_of_memory(exc: BaseException) -> bool:
+    """CUDA says OutOfMemoryError; the CPU allocator says RuntimeError "can't allocate memory"."""
+    if isinstance(exc, torch.cuda.OutOfMemoryError | MemoryError):
+        return True
+    return isinstance(exc, RuntimeError) and "can't allocate memory" in str(exc)

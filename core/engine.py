@@ -23,6 +23,7 @@ from typing import Any, Literal
 
 import torch
 
+from core.device import is_out_of_memory
 from core.objective import BatchLoss, LossFunction
 from core.params import StyleParams
 from core.vgg import VGGFeatures
@@ -188,6 +189,8 @@ def _compiled_or_eager(key: tuple[object, ...], eager: Callable[..., torch.Tenso
             result: torch.Tensor = compiled(*args)
             return result
         except Exception as exc:  # a backend that cannot compile this graph: run it eagerly
+            if is_out_of_memory(exc):  # not the compiler's fault: the caller decides (core.batch splits)
+                raise
             log.warning("torch.compile failed (%s: %s); running eagerly", type(exc).__name__, exc)
             with _lock:
                 _failed.add(key)

@@ -19,11 +19,12 @@ from __future__ import annotations
 import logging
 import secrets
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
 
-from core.batch import BatchedRun, BatchMember, batch_member
+from core.batch import BatchedRun, BatchMember, CannotBatch, batch_member
 from core.batching import key_size
 from core.logs import job_context
 from core.memory import MemoryEstimate, batch_bytes, estimate_bytes, written_model
@@ -49,11 +50,18 @@ def batches(context: WorkerContext, record: JobRecord) -> bool:
     return context.profile().batch_policy.limit(key_size(record.batch_key)) > 1
 
 
-def run_batched(context: WorkerContext, record: JobRecord, weights: WeightsSource, token: str) -> None:
-    """Run the claimed `record` and every job that joins it, until the batch is empty."""
+def run_batched(
+    context: WorkerContext,
+    record: JobRecord,
+    weights: WeightsSource,
+    token: str,
+    run_alone: Callable[[JobRecord, str], None],
+) -> None:
+    """Run the claimed `record` and every job that joins it, until the batch is empty. A claimed
+    job that turns out unable to share the batch runs alone afterwards (`run_alone`)."""
     batch = _Batch(context, weights)
-    batch.start(record, token)
     try:
+        batch.start(record, token)
         while batch.run:
             batch.step()
             if batch.run:
@@ -64,6 +72,8 @@ def run_batched(context: WorkerContext, record: JobRecord, weights: WeightsSourc
     finally:
         if torch.cuda.is_available():
             torch.cuda.empty_cache()
+    for deferred, deferred_token in batch.deferred:
+        run_alone(deferred, deferred_token)
 
 
 @dataclass
@@ -78,6 +88,8 @@ class _Batch:
         self.weights = weights
         self.run = BatchedRun()
         self.jobs: dict[str, _Running] = {}
+        self.claimed: set[str] = set()  # in context.running on this batch's behalf
+        self.deferred: list[tuple[JobRecord, str]] = []  # claimed, but to run alone afterwards
         self.next_check = 0.0
 
     def start(self, record: JobRecord, token: str, memory: MemoryEstimate | None = None) -> None:
@@ -85,9 +97,8 @@ class _Batch:
         context, settings = self.context, self.context.settings
         with context.lock:
             context.running[record.id] = token
+        self.claimed.add(record.id)
         with job_context(record.id):
-            log.info("job %s: started (attempt %d) in a batch of %d", record.id, record.attempts, len(self.run) + 1)
-            announce(context.store, record.id, "started", settings=settings)  # once a job
             prepared: PreparedJob | None = None
             try:
                 prepared = prepare_job(context, record, self.weights, token, memory)
@@ -107,50 +118,73 @@ class _Batch:
                     checkpointing=prepared.memory.checkpointing,
                 )
                 self.run.add(member)
-            except Exception as exc:
+            except CannotBatch as exc:  # its key and this worker's disagree (another version's API)
+                log.warning("job %s: runs alone after this batch (%s)", record.id, exc)
                 if prepared is not None:
                     prepared.publisher.close(drain=False)
-                record_failure(context, record, token, exc)
-                self._end(record.id)
+                self.deferred.append((record, token))
                 return
+            except Exception as exc:
+                try:
+                    if prepared is not None:
+                        prepared.publisher.close(drain=False)
+                    record_failure(context, record, token, exc)
+                finally:
+                    self._end(record.id)
+                return
+            log.info("job %s: started (attempt %d) in a batch of %d", record.id, record.attempts, len(self.run))
+            announce(context.store, record.id, "started", settings=settings)  # once a job
         self.jobs[record.id] = _Running(prepared, member)
 
     def step(self) -> None:
-        """One iteration of every member; the ones that finished or stopped end."""
+        """One iteration of every member; the ones that finished, stopped or failed end."""
         try:
             left = self.run.step()
-        except Exception as exc:  # the batch's pass failed (out of memory, say): every member with it
-            for job_id, running in list(self.jobs.items()):
-                with job_context(job_id):
-                    running.prepared.publisher.close(drain=False)
-                    record_failure(self.context, running.prepared.record, running.prepared.token, exc)
-                self._end(job_id)
+        except Exception as exc:  # the shared pass failed, even one image at a time: every member with it
+            failed = list(self.jobs.items())
             self.jobs.clear()
             self.run = BatchedRun()
+            for job_id, running in failed:
+                with job_context(job_id):
+                    try:
+                        running.prepared.publisher.close(drain=False)
+                        record_failure(self.context, running.prepared.record, running.prepared.token, exc)
+                    finally:
+                        self._end(job_id)
             return
         for member in left:
             running = self.jobs.pop(member.name)
-            prepared, result = running.prepared, member.result
-            assert result is not None  # set as it left
+            prepared = running.prepared
             with job_context(member.name):
-                prepared.publisher.close(drain=not result.stopped)
-                record_outcome(self.context, prepared.record, result, prepared.stop, prepared.token)
-            self._end(member.name)
+                try:
+                    if member.error is not None or member.result is None:
+                        prepared.publisher.close(drain=False)
+                        error = member.error or RuntimeError("the job left its batch without a result")
+                        record_failure(self.context, prepared.record, prepared.token, error)
+                        continue
+                    prepared.publisher.close(drain=not member.result.stopped)
+                    record_outcome(self.context, prepared.record, member.result, prepared.stop, prepared.token)
+                finally:
+                    self._end(member.name)
 
     def maybe_join(self) -> None:
         """Claim the next job in fair order if it can join now (see the module's docstring)."""
         context, store = self.context, self.context.store
         key = self.run.key
         now = time.monotonic()
-        if key is None or now < self.next_check:
+        if key is None or now < self.next_check or context.stopping.is_set():
             return
         self.next_check = now + JOIN_CHECK_SECONDS
-        if len(self.run) >= context.profile().batch_policy.limit(key_size(key)):
+        limit = context.profile().batch_policy.limit(key_size(key))
+        if len(self.run) >= min(limit, self.run.chunk or limit):  # chunk: what fitted in one pass
             return
         peeked = best_effort("looking for a job to batch", store.peek_next)
         if peeked is None or peeked[1] != key:
             return
         job_id = peeked[0]
+        with context.lock:
+            if job_id in context.running:  # its lease lapsed and it was queued again: ours still runs
+                return
         record = best_effort("reading a job to batch", lambda: store.get(job_id))
         if record is None or record.status != "queued":
             return
@@ -195,13 +229,16 @@ class _Batch:
     def abandon(self) -> None:
         """The worker is stopping mid-batch: nothing is written; each member's lease lapses and
         the job is queued again, to resume from its checkpoint."""
-        for job_id, running in self.jobs.items():
+        for running in self.jobs.values():
             running.prepared.publisher.close(drain=False)
-            with self.context.lock:
-                self.context.running.pop(job_id, None)
         self.jobs.clear()
+        with self.context.lock:
+            for job_id in self.claimed:
+                self.context.running.pop(job_id, None)
+        self.claimed.clear()
 
     def _end(self, job_id: str) -> None:
+        self.claimed.discard(job_id)
         with self.context.lock:
             self.context.running.pop(job_id, None)
         announce(self.context.store, job_id, "completed", settings=self.context.settings)  # if final (once a job)

@@ -80,10 +80,12 @@ def run_worker(args: argparse.Namespace, stderr: TextIO) -> None:
     registry = context.store.worker_registry(context.settings.worker_heartbeat_seconds)
     app = get_celery_app()
     app.conf.include = ["worker.tasks"]  # the job task; the API's processes only send it
-    from celery.signals import worker_ready
+    from celery.signals import worker_ready, worker_shutting_down
 
     # Consuming its queue from now on: `nst up` waits for this before it says the stack is up.
     worker_ready.connect(lambda **_: registry.mark_ready(context.name), weak=False)
+    # A warm shutdown waits for the running task: a batch then takes no more jobs, and ends.
+    worker_shutting_down.connect(lambda **_: context.stopping.set(), weak=False)
     try:
         # The solo pool runs jobs in this process: CUDA is initialised here, never in a parent
         # that forks, and the network stays loaded between jobs.

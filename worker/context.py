@@ -24,6 +24,8 @@ class WorkerContext:
     # The jobs this process runs now (several in a batch), job id -> run token; the heartbeat
     # renews their leases.
     running: dict[str, str] = field(default_factory=dict)
+    # Set when the worker is asked to stop (Celery's warm shutdown): a batch takes no more jobs.
+    stopping: threading.Event = field(default_factory=threading.Event)
     lock: threading.Lock = field(default_factory=threading.Lock)
     _profile: DeviceProfile | None = None
     # The latest rate a job of this process reported (set on the loop's thread, read by the heartbeat's).

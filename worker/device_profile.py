@@ -6,10 +6,9 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 
-import torch
-
 from core.batching import BatchPolicy, setting_policy, written_policy
 from core.calibration import CalibrationConfig, DeviceCalibration, calibrate, not_calibrated
+from core.device import is_out_of_memory as is_out_of_memory  # where the runner found it
 from core.memory import DeviceType, MemoryModel, Precision, default_budget, written_model
 from jobs.settings import Settings
 
@@ -92,10 +91,3 @@ def measure_profile(settings: Settings, calibration: DeviceCalibration | None = 
     return DeviceProfile(
         str(device), device_type, options.precision, budget, options.compile, model, calibration, batch
     )
-
-
-def is_out_of_memory(exc: BaseException) -> bool:
-    """CUDA says OutOfMemoryError; the CPU allocator says RuntimeError "can't allocate memory"."""
-    if isinstance(exc, torch.cuda.OutOfMemoryError | MemoryError):
-        return True
-    return isinstance(exc, RuntimeError) and "can't allocate memory" in str(exc)

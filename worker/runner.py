@@ -55,14 +55,19 @@ def run_job(job_id: str, context: WorkerContext | None = None) -> None:
 
 
 def _run_job(context: WorkerContext, job_id: str, weights: WeightsSource, token: str) -> None:
-    store, settings = context.store, context.settings
+    store = context.store
     record = until_redis_answers("reading the job", lambda: store.get(job_id))
     if record is None:
         log.warning("job %s: its record expired as it started", job_id)
         return
     if batches(context, record):
-        run_batched(context, record, weights, token)
+        run_batched(context, record, weights, token, lambda other, held: _run_alone(context, other, weights, held))
         return
+    _run_alone(context, record, weights, token)
+
+
+def _run_alone(context: WorkerContext, record: JobRecord, weights: WeightsSource, token: str) -> None:
+    store, settings, job_id = context.store, context.settings, record.id
     with context.lock:
         context.running[job_id] = token
     log.info("job %s: started (attempt %d)", job_id, record.attempts)

@@ -32,6 +32,14 @@ def warm_up(device: str | None, size: tuple[int, int] | None = None) -> str:
         params = StyleParams(iterations=1, height=16, width=16, seed=0)
     image = Image.new("RGB", (params.width, params.height), (128, 128, 128))
     stylize(image, [image], params, device=run_device, weights=source)
+    if options.compile:
+        # A job that may share a batch runs through core.batch's loss, a graph of its own: one image.
+        from core.batch import BatchedRun, batch_member
+
+        batch = BatchedRun()
+        batch.add(batch_member(image, [image], params, device=run_device, weights=source))
+        while len(batch):
+            batch.step()
     log.info(
         "weights %s loaded and %s warmed on %s in %.1f s",
         source.label, f"{params.height}x{params.width}", run_device, time.perf_counter() - start,

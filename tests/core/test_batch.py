@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 import pytest
@@ -185,3 +186,64 @@ def test_a_job_that_cannot_share_the_batch_is_refused() -> None:
     with pytest.raises(ValueError, match="runs alone"):
         batch_member(content(), styles(2), StyleParams(iterations=3, optimizer="lbfgs", **SIZE), name="c")
     assert len(batch) == 1
+
+
+def test_a_pass_that_runs_out_of_memory_is_split_and_the_pictures_stay_the_same() -> None:
+    solo_cases, batch_cases = cases()[:3], cases()[:3]
+    solo = [alone(case) for case in solo_cases]
+    batch = BatchedRun()
+    for index, case in enumerate(batch_cases):
+        batch.add(
+            batch_member(
+                content(), case.styles, case.params, name=str(index), on_progress=case.seen.append, report_every=1
+            )
+        )
+    real = batch._loss
+    assert real is not None
+    passes: list[int] = []
+
+    def tight(xs: list, *rest: list) -> Any:  # the device holds two images a pass, no more
+        if len(xs) > 2:
+            raise MemoryError("can't allocate memory")
+        passes.append(len(xs))
+        return real(xs, *rest)
+
+    batch._loss = tight
+    results: dict[int, StyleResult] = {}
+    while len(batch):
+        for member in batch.step():
+            assert member.result is not None
+            results[int(member.name)] = member.result
+    assert batch.chunk == 2 and set(passes) == {2, 1}  # 3 failed: passes of 2 and 1 from then on
+    for index, result in enumerate(solo):
+        assert_same_picture(result, results[index], solo_cases[index].seen, batch_cases[index].seen)
+
+
+def test_a_job_whose_own_hooks_fail_leaves_alone() -> None:
+    def broken(progress: Progress) -> None:
+        if progress.iteration == 3:
+            raise RuntimeError("its publisher broke")
+
+    batch = BatchedRun()
+    batch.add(batch_member(content(), styles(2), StyleParams(iterations=8, **SIZE), name="a"))
+    batch.add(
+        batch_member(
+            content(), styles(3), StyleParams(iterations=8, **SIZE), name="b", on_progress=broken, report_every=1
+        )
+    )
+    left: dict[str, Any] = {}
+    while len(batch):
+        for member in batch.step():
+            left[member.name] = member
+    assert left["b"].result is None and isinstance(left["b"].error, RuntimeError) and left["b"].done == 3
+    assert left["a"].error is None and left["a"].result.iterations_run == 8
+
+
+def test_chunks_are_powers_of_two_when_compiled() -> None:
+    from core.batch import _chunks
+
+    members = list(range(7))
+    assert [len(c) for c in _chunks(members, None, compiled=False)] == [7]  # type: ignore[arg-type]
+    assert [len(c) for c in _chunks(members, None, compiled=True)] == [4, 2, 1]  # type: ignore[arg-type]
+    assert [len(c) for c in _chunks(members, 3, compiled=False)] == [3, 3, 1]  # type: ignore[arg-type]
+    assert [len(c) for c in _chunks(members, 3, compiled=True)] == [2, 2, 2, 1]  # type: ignore[arg-type]
