@@ -36,7 +36,8 @@ class CalibrationCheck(BaseModel):
 
     calibrated: bool | None = Field(description="true: it ran to the end on this device; false: skipped or failed")
     outcome: str | None = Field(
-        description='one short word: "measured", "written", "bf16", "fp32", "compiled", "eager", "skipped", "failed"'
+        description='one short word: "measured", "written", "bf16", "fp32", "compiled", "eager", "batched", "alone", '
+        '"skipped", "failed"'
     )
     detail: str | None = Field(description="one sentence saying why")
 
@@ -46,6 +47,7 @@ class WorkerCalibration(BaseModel):
     speed: CalibrationCheck = Field(description="milliseconds per iteration, measured")
     precision: CalibrationCheck = Field(description="bf16 checked against fp32 from the same start")
     compile: CalibrationCheck = Field(description="torch.compile checked against eager")
+    batch: CalibrationCheck = Field(description="batched jobs timed against one at a time (NST_MAX_BATCH=auto)")
 
 
 class SpeedSize(BaseModel):
@@ -67,6 +69,10 @@ class ReadyWorker(BaseModel):
     )
     ms_per_iteration: float | None = Field(description="an iteration at `speed_size`, with the path it serves")
     speed_size: SpeedSize | None = Field(description="the working size its speed was measured at")
+    max_batch: int | None = Field(None, description="the most jobs it optimises together (1: it never batches)")
+    batch_max_pixels: int | None = Field(
+        None, description="the largest working size, in pixels, it batches at; null: any (memory permitting)"
+    )
     calibration: WorkerCalibration
 
 

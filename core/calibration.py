@@ -54,8 +54,8 @@ from core.weights import WeightsSource
 log = logging.getLogger(__name__)
 
 T = TypeVar("T")
-What = Literal["memory", "speed", "precision", "compile"]
-CHECKS: tuple[What, ...] = ("memory", "speed", "precision", "compile")
+What = Literal["memory", "speed", "precision", "compile", "batch"]
+CHECKS: tuple[What, ...] = ("memory", "speed", "precision", "compile", "batch")
 
 # bf16 against fp32 from one start: the relative gap of the loss at the first iteration (the same
 # image under both objectives) and at the last. bf16 keeps 8 bits of mantissa, so a feature map
@@ -73,6 +73,17 @@ MAX_TIMED_ITERATIONS = 200
 # A fit far from the counted bytes means the measurement went wrong, not that the model did.
 PLAUSIBLE_SCALE = (0.5, 3.0)
 MAX_FIT_ERROR = 0.15  # the largest relative miss of the fit at a measured size
+# Batching (core.batch) must make an image's iteration at least 10% cheaper: a job that joins a
+# batch runs slower itself, and two short timings differ by a few percent anyway.
+BATCH_GAIN = 1.1
+# Batch sizes tried: on the CPU a few (each costs seconds); on CUDA one, each new batch size
+# being a compilation of its own (tens of seconds).
+BATCH_CANDIDATES = {False: (2, 4, 8), True: (8,)}
+# Working sides batching is timed at, smallest first, up to the speed size: on the CPU its gain
+# falls with the size (1.36x at 64x64, 1.06x at 128x128 on this project's 2-core machine), so
+# the ladder finds where it stops paying; on CUDA the speed size itself.
+BATCH_SIDES = {False: (64, 128, 256), True: ()}
+BATCH_SECONDS = 1.0  # the timed part of one batch measurement, about
 
 
 @dataclass(frozen=True)
@@ -208,11 +219,12 @@ def calibrate(device: torch.device, weights: WeightsSource, config: CalibrationC
                 checks["speed"], ms = _guarded("speed", "failed", lambda: _check_speed(device, weights, config))
             else:
                 checks["speed"] = Check(True, "measured", _speed_detail(ms, config, compiled))
+            checks["batch"], batch = _guarded("batch", "written", lambda: _check_batch(device, weights, config))
     _release(device)
     result = DeviceCalibration(
         device=str(device), precision=precision, compile=compiled, channels_last=options.channels_last,
         model=model, ms_per_iteration=ms, speed_size=config.speed_size, checks=checks,
-        seconds=time.perf_counter() - start, peaks=tuple(peaks), timings=timings, precision_gap=gap,
+        seconds=time.perf_counter() - start, peaks=tuple(peaks), timings=timings, precision_gap=gap, batch=batch,
     )  # fmt: skip
     for what in CHECKS:
         check = checks[what]
@@ -242,6 +254,7 @@ def _safe(what: What) -> str:
         "speed": "no speed to report",
         "precision": "serving fp32",
         "compile": "serving eagerly",
+        "batch": "the written batch policy stays",
     }[what]
 
 
@@ -433,6 +446,60 @@ def _check_compile(
     if compiled > COMPILE_GAIN * eager:
         return Check(True, "eager", f"{versus}: not {1 - COMPILE_GAIN:.0%} faster; serving eagerly"), timings
     return Check(True, "compiled", f"{versus} ({eager / compiled:.2f}x)"), timings
+
+
+# --- batching --------------------------------------------------------------------------------
+
+
+def batch_ms_per_image(device: torch.device, weights: WeightsSource, size: Size, batch: int) -> float:
+    """An image's share of one iteration when `batch` images run together at `size` on the path
+    served (core.batch): two runs of different lengths, as ms_per_iteration, over the images."""
+    from core.batch import BatchedRun, batch_member
+
+    content, style = test_pair(size)
+
+    def seconds(iterations: int) -> float:
+        run = BatchedRun()
+        for seed in range(batch):
+            params = StyleParams(iterations=iterations, height=size[0], width=size[1], seed=seed)
+            run.add(batch_member(content, [style], params, device=device, weights=weights))
+        begin = time.perf_counter()
+        while len(run):
+            run.step()  # the results are host images: synchronised
+        return time.perf_counter() - begin
+
+    seconds(2 if EngineOptions.for_device(device).compile else 1)  # kernels picked, graphs recorded
+    short = seconds(1)
+    more = max(2, min(MAX_TIMED_ITERATIONS, round(BATCH_SECONDS / max(short, 1e-4))))
+    long = seconds(1 + more)
+    per_iteration = long / (1 + more) if long <= short else (long - short) / more
+    return per_iteration / batch * 1000
+
+
+def _check_batch(device: torch.device, weights: WeightsSource, config: CalibrationConfig) -> tuple[Check, BatchPolicy]:
+    """How many images to batch, and up to which size: the candidate that makes an image's
+    iteration cheapest at the smallest size, if by BATCH_GAIN; then up the sizes while it pays."""
+    cuda = device.type == "cuda"
+    limit = config.speed_size[0] * config.speed_size[1]
+    sizes = [(side, side) for side in BATCH_SIDES[cuda] if side * side <= limit] or [config.speed_size]
+    first = sizes[0]
+    alone = batch_ms_per_image(device, weights, first, 1)
+    gains = {b: alone / batch_ms_per_image(device, weights, first, b) for b in BATCH_CANDIDATES[cuda]}
+    best = max(gains, key=lambda b: gains[b])
+    at = f"{first[0]}x{first[1]}"
+    if gains[best] < BATCH_GAIN:
+        detail = f"a batch of {best} at {at} is {gains[best]:.2f}x an image alone: not {BATCH_GAIN - 1:.0%} faster"
+        return Check(True, "alone", detail), BatchPolicy(1, None, "measured", detail)
+    paid, gain = first, gains[best]
+    for size in sizes[1:]:
+        here = batch_ms_per_image(device, weights, size, 1) / batch_ms_per_image(device, weights, size, best)
+        if here < BATCH_GAIN:
+            break
+        paid, gain = size, here
+    max_pixels = None if paid[0] * paid[1] >= limit else paid[0] * paid[1]
+    upto = "at every size" if max_pixels is None else f"up to {paid[0]}x{paid[1]}"
+    detail = f"batches of {best} {upto}: {gain:.2f}x faster an image at {paid[0]}x{paid[1]}"
+    return Check(True, "batched", detail), BatchPolicy(best, max_pixels, "measured", detail)
 
 
 def _device_type(device: torch.device) -> DeviceType:

@@ -22,7 +22,7 @@ from core.scales import plan_stages
 from core.sizes import working_size
 
 # The checks a worker runs at start, each reported as {"calibrated", "outcome", "detail"}.
-CHECKS: tuple[str, ...] = ("memory", "speed", "precision", "compile")
+CHECKS: tuple[str, ...] = ("memory", "speed", "precision", "compile", "batch")
 MAX_OUTCOME_CHARS = 32  # one short word; longer is not what a worker sends (and not a label value)
 
 
@@ -101,6 +101,8 @@ def readiness_entry(name: str, report: Mapping[str, Any]) -> dict[str, Any]:
     budget = report.get("memory_budget_bytes")
     model = MemoryModel.from_report(report.get("memory_model"))
     size = speed_size(report)
+    reported = report.get("batch")
+    batch: Mapping[str, Any] = reported if isinstance(reported, dict) else {}
     return {
         "name": name,
         "device": device if isinstance(device, str) else None,
@@ -110,8 +112,14 @@ def readiness_entry(name: str, report: Mapping[str, Any]) -> dict[str, Any]:
         "memory_model": model.source if model is not None else None,
         "ms_per_iteration": ms_per_iteration(report),
         "speed_size": {"height": size[0], "width": size[1]} if size is not None else None,
+        "max_batch": _positive_int(batch.get("max_batch")),
+        "batch_max_pixels": _positive_int(batch.get("max_pixels")),
         "calibration": {what: check_entry(report, what) for what in CHECKS},
     }
+
+
+def _positive_int(value: object) -> int | None:
+    return value if isinstance(value, int) and not isinstance(value, bool) and 0 < value < 2**63 else None
 
 
 def pixel_iterations(params: Mapping[str, Any], content: tuple[int, int] | None = None) -> float | None:

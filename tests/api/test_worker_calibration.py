@@ -39,12 +39,14 @@ CALIBRATED = {
     "speed": {"calibrated": True, "outcome": "measured", "detail": "20 iterations at 384x512"},
     "precision": {"calibrated": False, "outcome": "skipped", "detail": "fp32 on the CPU: nothing to compare"},
     "compile": {"calibrated": False, "outcome": "failed", "detail": "compiling raised; serving eager"},
+    "batch": {"calibrated": True, "outcome": "batched", "detail": "batches of 4 up to 64x64: 1.36x"},
 }
 MALFORMED: dict[str, Any] = {
     "ms_per_iteration": "fast",
     "speed_size": [384],
     "compile": "yes",
     "memory_model": {"plain": 3},
+    "batch": {"max_batch": True, "max_pixels": -4},
     "calibration": {
         "memory": "yes",
         "speed": {"calibrated": "true", "outcome": "measured", "detail": 1},
@@ -164,6 +166,7 @@ def test_metrics_show_each_worker_s_speed_and_calibration_and_leave_out_what_mak
         ("new:1", "speed", "measured"): 1.0,
         ("new:1", "precision", "skipped"): 0.0,
         ("new:1", "compile", "failed"): 0.0,
+        ("new:1", "batch", "batched"): 1.0,
     }
     infos = {dict(labels)["worker"] for (name, labels), _ in found.items() if name == "nst_worker_info"}
     assert infos == {"new:1", "bad:2", "old:3"}  # the malformed and the old are still there
@@ -172,7 +175,12 @@ def test_metrics_show_each_worker_s_speed_and_calibration_and_leave_out_what_mak
 def test_readyz_lists_the_live_workers_with_what_each_measured(client: httpx.Client, workers: WorkerRegistry) -> None:
     assert client.get("/readyz").status_code == 503
     report = cpu_worker(
-        ms_per_iteration=123.5, speed_size=[384, 512], compile=False, memory_model=model(1.1), calibration=CALIBRATED
+        ms_per_iteration=123.5,
+        speed_size=[384, 512],
+        compile=False,
+        memory_model=model(1.1),
+        calibration=CALIBRATED,
+        batch={"max_batch": 4, "max_pixels": 4096, "source": "measured"},
     )
     workers.heartbeat("new:1", report)
     workers.heartbeat("bad:2", cpu_worker(**MALFORMED))
@@ -192,6 +200,8 @@ def test_readyz_lists_the_live_workers_with_what_each_measured(client: httpx.Cli
         "memory_model": "measured",
         "ms_per_iteration": 123.5,
         "speed_size": {"height": 384, "width": 512},
+        "max_batch": 4,
+        "batch_max_pixels": 4096,
         "calibration": CALIBRATED,
     }
     unknown = {"calibrated": None, "outcome": None, "detail": None}
@@ -199,6 +209,7 @@ def test_readyz_lists_the_live_workers_with_what_each_measured(client: httpx.Cli
         assert entry["device"] == "cpu" and entry["precision"] == "fp32" and entry["memory_budget_bytes"] == BIG
         assert entry["compile"] is None and entry["memory_model"] is None
         assert entry["ms_per_iteration"] is None and entry["speed_size"] is None
+        assert entry["max_batch"] is None and entry["batch_max_pixels"] is None
     assert old["calibration"] == {what: unknown for what in CALIBRATED}
     # Of the malformed checks, each value that makes sense is kept, the rest is null.
     assert bad["calibration"] == {
@@ -206,6 +217,7 @@ def test_readyz_lists_the_live_workers_with_what_each_measured(client: httpx.Cli
         "speed": {"calibrated": None, "outcome": "measured", "detail": None},
         "precision": {"calibrated": True, "outcome": None, "detail": "x"},
         "compile": unknown,
+        "batch": unknown,
     }
 
 
