@@ -184,7 +184,8 @@ def test_rounds_of_submit_and_cancel_do_not_grow_redis(
     """The finding: content and 8 styles, then cancel, five times over, grew Redis by what was
     uploaded, for a day. Now what a canceled job uploaded is gone with the cancel."""
     bob = clients["bob"]
-    blocker = post_job(bob, SMALL_PNG, [SMALL_PNG], LONG).json()  # keeps the worker busy: the rounds stay queued
+    # Keeps the worker busy: the rounds stay queued (another working size: they cannot join its batch).
+    blocker = post_job(bob, SMALL_PNG, [SMALL_PNG], {**LONG, "height": 48, "width": 48}).json()
     wait_status(bob, blocker["id"], "running")
     files = [noise_png(300, seed) for seed in range(9)]  # 9 x ~270 KB
     uploaded = sum(len(data) for data in files)
