@@ -6,6 +6,7 @@
 #      without persistence, nvidia-smi and the versions of torch, CUDA and cuDNN    (~15 s)
 #   1. `python3 -m worker.doctor` (the same checks a worker runs at start, and its table) (<=120 s)
 #   2. bench/speed.py at 384x512, 200 iterations: the seed's loop against the engine   (<=120 s)
+#   2b. bench/batching.py --in-process at 384x512: 8 jobs one by one against batched    (<=120 s)
 #   3. core's tests on CUDA with NST_COMPILE=0 (the compile tests turn it on themselves): losses,
 #      vgg, stylize, engine, quality options, scales and checkpoints (none that needs Redis or
 #      the service)                                                                    (<=90 s)
@@ -98,6 +99,11 @@ step doctor 120 "$out/doctor.txt" python3 -m worker.doctor --json-file "$out/doc
 step speed_384x512 120 "$out/speed_384x512.txt" \
     python3 bench/speed.py --device cuda --height 384 --width 512 --iterations 200
 
+# 2b. Continuous batching: 8 compatible jobs one after another against all in one batch (compiled,
+# passes of 1, 2, 4 and 8 warmed first), with each job's first snapshot and completion.
+step batching 120 "$out/speed_384x512.txt" \
+    python3 bench/batching.py --in-process --device cuda --sizes 384x512 --iterations 300 --batch 8
+
 # 3. Core on CUDA: the tests that drive the engine (stylize picks CUDA when there is one), in bf16
 # and channels_last; eager, since compiling each test's new shapes would take minutes (compiling is
 # timed above and in the tests that set NST_COMPILE=1 themselves). The tests' conftest imports
@@ -107,7 +113,7 @@ mkdir -p /tmp/nst-stubs/boto3 && : >/tmp/nst-stubs/boto3/__init__.py
 NST_COMPILE=0 PYTHONPATH=$PYTHONPATH:/tmp/nst-stubs step tests 90 "$out/tests.txt" \
     python3 -m pytest -v -p no:cacheprovider --durations=10 \
     tests/core/test_losses.py tests/core/test_vgg.py tests/core/test_stylize.py tests/core/test_engine.py \
-    tests/core/test_quality_options.py tests/core/test_scales.py
+    tests/core/test_quality_options.py tests/core/test_scales.py tests/core/test_batch.py
 
 # 4. The memory model against max_memory_allocated, each peak in a fresh process.
 NST_COMPILE=0 step memory 75 "$out/memory.txt" \
