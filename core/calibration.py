@@ -76,13 +76,13 @@ MAX_FIT_ERROR = 0.15  # the largest relative miss of the fit at a measured size
 # Batching (core.batch) must make an image's iteration at least 10% cheaper: a job that joins a
 # batch runs slower itself, and two short timings differ by a few percent anyway.
 BATCH_GAIN = 1.1
-# Batch sizes tried: on the CPU a few (each costs seconds); on CUDA one, each new batch size
-# being a compilation of its own (tens of seconds).
-BATCH_CANDIDATES = {False: (2, 4, 8), True: (8,)}
+# Batch sizes tried: one a device, a measurement costing seconds on the CPU, and each new batch
+# size being a compilation of its own on CUDA (tens of seconds).
+BATCH_CANDIDATES = {False: (4,), True: (8,)}
 # Working sides batching is timed at, smallest first, up to the speed size: on the CPU its gain
 # falls with the size (1.36x at 64x64, 1.06x at 128x128 on this project's 2-core machine), so
 # the ladder finds where it stops paying; on CUDA the speed size itself.
-BATCH_SIDES = {False: (64, 128, 256), True: ()}
+BATCH_SIDES = {False: (64, 128), True: ()}
 BATCH_SECONDS = 1.0  # the timed part of one batch measurement, about
 
 

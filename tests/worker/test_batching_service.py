@@ -58,6 +58,18 @@ def ran_together(jobs: list[dict[str, Any]]) -> bool:
     return all(when(a, "started_at") < when(b, "finished_at") for a in jobs for b in jobs)
 
 
+def queued_together(
+    client: httpx.Client, images: dict[str, Path], jobs: list[tuple[list[Path], dict[str, Any]]]
+) -> list[dict[str, Any]]:
+    """Submit `jobs` while a job of another size keeps the worker busy, then cancel that one:
+    however slow the machine, they are all queued when the first of them starts."""
+    blocker = submit(client, images["content"], [images["style"]], {"iterations": 20000, "height": 48, "width": 48})
+    poll(client, blocker.json()["id"], lambda j: j["status"] == "running")
+    submitted = [submit(client, images["content"], styles, params).json() for styles, params in jobs]
+    assert client.post(f"/jobs/{blocker.json()['id']}/cancel").status_code == 202
+    return submitted
+
+
 def png(client: httpx.Client, url: str) -> np.ndarray:
     answer = client.get(url)
     assert answer.status_code == 200, answer.text
@@ -75,7 +87,7 @@ def test_compatible_jobs_share_one_batch_and_each_gets_its_solo_picture(
         {"iterations": 30, "seed": 4, "content_weight": 3.0, "tv_weight": 1e-3, **SIZE},
     ]
     styles = [[images["style"]], [images["other"]], [images["style"], images["other"]], [images["style"]]]
-    jobs = [submit(client, images["content"], s, p).json() for s, p in zip(styles, params, strict=True)]
+    jobs = queued_together(client, images, list(zip(styles, params, strict=True)))
     done = [poll(client, job["id"], is_final) for job in jobs]
     assert [job["status"] for job in done] == ["succeeded"] * 4, service.logs()
     assert ran_together(done), [(j["started_at"], j["finished_at"]) for j in done]
@@ -126,10 +138,8 @@ def test_a_job_that_cannot_join_holds_back_later_ones(
 def test_a_killed_worker_s_batch_resumes_from_checkpoints(
     service: Service, client: httpx.Client, store: JobStore, images: dict[str, Path]
 ) -> None:
-    jobs = [
-        submit(client, images["content"], [images["style"]], {"iterations": 150, "seed": s, **SIZE}).json()
-        for s in (1, 2)
-    ]
+    pair = [([images["style"]], {"iterations": 150, "seed": seed, **SIZE}) for seed in (1, 2)]
+    jobs = queued_together(client, images, pair)
     for job in jobs:
         poll(client, job["id"], lambda j: j["progress"]["iteration"] >= 45)
     worker = service.workers.pop()
